@@ -1,0 +1,33 @@
+//! The `bpi-os` command. Thin dispatch: the work lives in the libraries.
+
+mod status;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "bpi-os", version, about = "bpi-os: immutable network OS tooling")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Version, verity root hash and state, data partition state.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Status { json } => status::run(json),
+    };
+    if let Err(e) = result {
+        eprintln!("bpi-os: error: {e:#}");
+        std::process::exit(1);
+    }
+}

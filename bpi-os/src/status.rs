@@ -1,0 +1,154 @@
+//! `bpi-os status`: what this system is running from, read from the kernel's
+//! own records (/proc/cmdline, mountinfo, dm-verity status).
+
+use anyhow::Result;
+use serde::Serialize;
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Status {
+    pub version: String,
+    pub root_hash: Option<String>,
+    pub root: Option<Mount>,
+    pub verity: Verity,
+    pub data: DataPartition,
+}
+
+#[derive(Debug, Serialize, PartialEq, Clone)]
+pub struct Mount {
+    pub source: String,
+    pub fstype: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Verity {
+    /// `veritysetup status root` says the device is active.
+    pub active: bool,
+    /// Its `status:` line (verified, corrupted, ...), when active.
+    pub state: Option<String>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct DataPartition {
+    pub mounted: bool,
+    pub mount: Option<Mount>,
+    pub size_bytes: Option<u64>,
+    pub free_bytes: Option<u64>,
+}
+
+pub fn run(json: bool) -> Result<()> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let verity_out = bpi_support::Cmd::new("veritysetup").args(["status", "root"]).output().ok();
+    let data_mount = find_mount(&mountinfo, "/bpi/data");
+    let (size, free) = match data_mount {
+        Some(_) => match nix::sys::statvfs::statvfs("/bpi/data") {
+            Ok(s) => (
+                Some(s.blocks() * s.fragment_size()),
+                Some(s.blocks_available() * s.fragment_size()),
+            ),
+            Err(_) => (None, None),
+        },
+        None => (None, None),
+    };
+    let status = Status {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        root_hash: root_hash(&cmdline),
+        root: find_mount(&mountinfo, "/"),
+        verity: parse_verity(verity_out.as_deref()),
+        data: DataPartition { mounted: data_mount.is_some(), mount: data_mount, size_bytes: size, free_bytes: free },
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        println!("version:    {}", status.version);
+        println!("root hash:  {}", status.root_hash.as_deref().unwrap_or("(none: not booted from a verity image)"));
+        match &status.root {
+            Some(m) => println!("root:       {} on {} ({})", m.fstype, m.source, if m.read_only { "read-only" } else { "read-write" }),
+            None => println!("root:       unknown"),
+        }
+        println!(
+            "verity:     {}",
+            match (&status.verity.active, &status.verity.state) {
+                (true, Some(s)) => s.clone(),
+                (true, None) => "active".into(),
+                _ => "not active".into(),
+            }
+        );
+        match &status.data.mount {
+            Some(m) => println!(
+                "data:       {} on {}, {} of {} bytes free",
+                m.fstype,
+                m.source,
+                status.data.free_bytes.unwrap_or(0),
+                status.data.size_bytes.unwrap_or(0)
+            ),
+            None => println!("data:       not mounted"),
+        }
+    }
+    Ok(())
+}
+
+pub fn root_hash(cmdline: &str) -> Option<String> {
+    cmdline.split_whitespace().find_map(|w| w.strip_prefix("roothash=")).map(str::to_string)
+}
+
+/// The last mount at `target` in /proc/self/mountinfo (the one in effect).
+pub fn find_mount(mountinfo: &str, target: &str) -> Option<Mount> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let pre: Vec<&str> = pre.split(' ').collect();
+            let post: Vec<&str> = post.split(' ').collect();
+            if pre.get(4)? != &target {
+                return None;
+            }
+            let opts = pre.get(5)?;
+            Some(Mount {
+                source: post.get(1)?.to_string(),
+                fstype: post.first()?.to_string(),
+                read_only: opts.split(',').any(|o| o == "ro"),
+            })
+        })
+        .last()
+}
+
+pub fn parse_verity(out: Option<&str>) -> Verity {
+    let Some(out) = out else {
+        return Verity { active: false, state: None };
+    };
+    let active = out.lines().next().is_some_and(|l| l.contains("is active"));
+    let state = out.lines().find_map(|l| l.trim().strip_prefix("status:")).map(|s| s.trim().to_string());
+    Verity { active, state }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+22 1 254:0 / / ro,relatime shared:1 - erofs /dev/mapper/root ro,user_xattr
+30 22 252:4 / /bpi/data rw,nosuid,nodev shared:9 - ext4 /dev/vda4 rw
+31 22 0:40 / /etc rw shared:10 - overlay overlay rw,lowerdir=/etc
+";
+
+    #[test]
+    fn reads_mounts() {
+        let root = find_mount(MOUNTINFO, "/").unwrap();
+        assert_eq!(root, Mount { source: "/dev/mapper/root".into(), fstype: "erofs".into(), read_only: true });
+        let data = find_mount(MOUNTINFO, "/bpi/data").unwrap();
+        assert!(!data.read_only);
+        assert_eq!(data.source, "/dev/vda4");
+        assert!(find_mount(MOUNTINFO, "/nope").is_none());
+    }
+
+    #[test]
+    fn reads_root_hash_and_verity() {
+        assert_eq!(root_hash("ro roothash=abc quiet").as_deref(), Some("abc"));
+        assert_eq!(root_hash("ro"), None);
+        let v = parse_verity(Some("/dev/mapper/root is active and is in use.\n  type:        VERITY\n  status:      verified\n"));
+        assert_eq!(v, Verity { active: true, state: Some("verified".into()) });
+        assert_eq!(parse_verity(Some("/dev/mapper/root is inactive.\n")).active, false);
+    }
+}

@@ -1,0 +1,113 @@
+//! The boot chain: a unified kernel image (systemd's EFI stub with kernel,
+//! initrd, command line and os-release) and the ESP holding it and systemd-boot,
+//! built with mkfs.vfat and mtools from files.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use bpi_support::Cmd;
+
+/// The kernel command line: the verity root hash pins the root; the consoles
+/// are serial (Proxmox, QEMU) and the screen.
+pub fn cmdline(root_hash: &str) -> String {
+    format!(
+        "roothash={root_hash} root=/dev/mapper/root rootfstype=erofs ro \
+         console=tty0 console=ttyS0,115200 systemd.firstboot=off rd.shell=0 rd.emergency=poweroff"
+    )
+}
+
+pub struct UkiInputs<'a> {
+    pub stub: &'a Path,
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub cmdline: &'a str,
+    pub os_release: &'a str,
+}
+
+/// Builds the UKI with objcopy, sections at the addresses systemd's stub expects.
+pub fn make_uki(inp: &UkiInputs, work: &Path, out: &Path) -> Result<()> {
+    let cmdline = work.join("cmdline.txt");
+    let osrel = work.join("os-release");
+    std::fs::write(&cmdline, format!("{}\0", inp.cmdline))?;
+    std::fs::write(&osrel, inp.os_release)?;
+    let _ = std::fs::remove_file(out);
+    let section = |name: &str, file: &Path, vma: u64| {
+        [
+            format!("--add-section=.{name}={}", file.display()),
+            format!("--change-section-vma=.{name}={vma:#x}"),
+        ]
+    };
+    Cmd::new("objcopy")
+        .args(section("osrel", &osrel, 0x20000))
+        .args(section("cmdline", &cmdline, 0x30000))
+        .args(section("linux", inp.kernel, 0x2000000))
+        .args(section("initrd", inp.initrd, 0x3000000))
+        .arg(inp.stub)
+        .arg(out)
+        .run()
+        .context("objcopy could not build the unified kernel image")?;
+    Ok(())
+}
+
+pub struct EspInputs<'a> {
+    pub systemd_boot: &'a Path,
+    pub uki: &'a Path,
+    pub size: u64,
+    pub volume_id: u32,
+    pub epoch: u64,
+}
+
+/// Builds the FAT ESP image: systemd-boot as the removable-media loader, the UKI
+/// under EFI/Linux (found by systemd-boot without an entry file).
+pub fn make_esp(inp: &EspInputs, work: &Path, out: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(out);
+    let epoch = inp.epoch.to_string();
+    Cmd::new("mkfs.vfat")
+        .args(["-C", "--invariant", "-F", "32", "-n", "BPI-ESP"])
+        .arg("-i")
+        .arg(format!("{:08x}", inp.volume_id))
+        .arg(out)
+        .arg((inp.size / 1024).to_string())
+        .env("SOURCE_DATE_EPOCH", &epoch)
+        .run()
+        .context("mkfs.vfat could not build the ESP")?;
+    let loader_conf = work.join("loader.conf");
+    std::fs::write(&loader_conf, "timeout 0\neditor no\nauto-entries no\nauto-firmware no\n")?;
+    let staged = |src: &Path, name: &str| -> Result<std::path::PathBuf> {
+        let p = work.join(name);
+        std::fs::copy(src, &p).with_context(|| format!("copying {}", src.display()))?;
+        let t = filetime::FileTime::from_unix_time(inp.epoch as i64, 0);
+        filetime::set_file_times(&p, t, t)?;
+        Ok(p)
+    };
+    let sdboot = staged(inp.systemd_boot, "systemd-bootx64.efi")?;
+    let uki = staged(inp.uki, "bpi-os.efi")?;
+    let loader = staged(&loader_conf, "loader.conf.staged")?;
+    let mtools = |prog: &str| Cmd::new(prog).env("SOURCE_DATE_EPOCH", &epoch).env("MTOOLS_SKIP_CHECK", "1");
+    mtools("mmd")
+        .arg("-i")
+        .arg(out)
+        .args(["::/EFI", "::/EFI/BOOT", "::/EFI/systemd", "::/EFI/Linux", "::/loader"])
+        .run()?;
+    for (src, dest) in [
+        (&sdboot, "::/EFI/BOOT/BOOTX64.EFI"),
+        (&sdboot, "::/EFI/systemd/systemd-bootx64.efi"),
+        (&uki, "::/EFI/Linux/bpi-os.efi"),
+        (&loader, "::/loader/loader.conf"),
+    ] {
+        mtools("mcopy").arg("-m").arg("-i").arg(out).arg(src).arg(dest).run()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_pins_root_hash_and_consoles() {
+        let c = cmdline("ab");
+        assert!(c.starts_with("roothash=ab root=/dev/mapper/root "));
+        assert!(c.contains("console=ttyS0,115200"));
+    }
+}

@@ -1,0 +1,14 @@
+//! The bpi-os image pipeline. [`build::build`] runs it; each module is one
+//! stage, built from files (no loop devices, no mounts on the host).
+
+pub mod boot;
+pub mod build;
+pub mod compare;
+pub mod disk;
+pub mod gpt;
+pub mod manifest;
+pub mod packages;
+pub mod rootfs;
+pub mod sources;
+pub mod stage;
+pub mod verity;

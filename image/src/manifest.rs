@@ -1,0 +1,64 @@
+//! manifest.json: what an image is made of, for installers, auditors and tests.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+    pub source_date_epoch: u64,
+    pub kernel: String,
+    pub root_hash: String,
+    pub cmdline: String,
+    pub disk: DiskInfo,
+    pub partitions: Vec<PartitionInfo>,
+    pub verity_canary: Canary,
+    pub packages: Vec<Package>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiskInfo {
+    pub guid: String,
+    /// Apparent size of bpi-os.raw in bytes.
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub name: String,
+    pub type_guid: String,
+    pub guid: String,
+    pub offset: u64,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Where the verity canary's bytes sit, for tamper tests.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Canary {
+    pub path: String,
+    /// Byte offset of the file's data inside the root partition.
+    pub root_offset: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    pub sha256: String,
+}
+
+impl Manifest {
+    pub fn partition(&self, name: &str) -> Option<&PartitionInfo> {
+        self.partitions.iter().find(|p| p.name == name)
+    }
+
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Manifest> {
+        use anyhow::Context;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}

@@ -1,0 +1,264 @@
+//! Composes the image's root tree: the cached base plus the bpi-os binary,
+//! units, rootfs-overlay/, the /bpi layout, os-release, and /var moved aside to
+//! seed the data partition on first boot.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bpi_installer::layout::{self, Home};
+use bpi_support::Cmd;
+
+/// What goes on top of the base.
+pub struct StageInputs<'a> {
+    pub base_tar: &'a Path,
+    pub binary: &'a Path,
+    pub units_dir: &'a Path,
+    pub overlay_dir: &'a Path,
+    pub version: &'a str,
+    pub epoch: u64,
+}
+
+/// Kernel and initrd taken out of /boot for the UKI.
+pub struct BootFiles {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub kernel_version: String,
+}
+
+/// A deterministic, incompressible file whose place in the root file system the
+/// build records, so tests can flip a byte of file data and watch verity refuse it.
+pub const CANARY_PATH: &str = "usr/share/bpi-os/verity-canary";
+pub const CANARY_LEN: usize = 64 * 1024;
+
+pub fn canary_bytes() -> Vec<u8> {
+    use sha2::Digest;
+    let mut out = Vec::with_capacity(CANARY_LEN);
+    let mut block = sha2::Sha256::digest(b"bpi-os verity canary").to_vec();
+    while out.len() < CANARY_LEN {
+        out.extend_from_slice(&block);
+        block = sha2::Sha256::digest(&block).to_vec();
+    }
+    out.truncate(CANARY_LEN);
+    out
+}
+
+pub fn os_release(version: &str) -> String {
+    format!(
+        "PRETTY_NAME=\"bpi-os {version}\"\nNAME=\"bpi-os\"\nID=bpi-os\nID_LIKE=debian\nVERSION=\"{version}\"\nVERSION_ID={version}\nIMAGE_ID=bpi-os\nIMAGE_VERSION={version}\nHOME_URL=\"https://github.com/bpi-os/bpi-os\"\n"
+    )
+}
+
+/// Builds the tree in `root` (which must not exist) and returns the boot files,
+/// moved to `boot_out`.
+pub fn compose(inp: &StageInputs, root: &Path, boot_out: &Path) -> Result<BootFiles> {
+    if root.exists() {
+        bail!("{} exists; the build removes it first", root.display());
+    }
+    std::fs::create_dir_all(root)?;
+    Cmd::new("tar")
+        .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf"])
+        .arg(inp.base_tar)
+        .arg("-C")
+        .arg(root)
+        .run()?;
+
+    let boot = take_boot_files(root, boot_out)?;
+
+    // Nothing of the build host or the package manager's caches stays.
+    for rel in ["var/cache/apt", "var/lib/apt/lists", "var/log", "var/cache/ldconfig/aux-cache"] {
+        remove_contents(&root.join(rel))?;
+    }
+    std::fs::write(root.join("etc/machine-id"), b"")?;
+    let _ = std::fs::remove_file(root.join("var/lib/dbus/machine-id"));
+    std::fs::write(root.join("etc/hostname"), b"bpi-os\n")?;
+
+    install_file(inp.binary, &root.join("usr/bin/bpi-os"), 0o755)?;
+    write(&root.join("usr/lib/os-release"), os_release(inp.version).as_bytes(), 0o644)?;
+    let _ = std::fs::remove_file(root.join("etc/os-release"));
+    std::os::unix::fs::symlink("../usr/lib/os-release", root.join("etc/os-release"))?;
+    write(&root.join(CANARY_PATH), &canary_bytes(), 0o644)?;
+
+    copy_tree(inp.overlay_dir, root)?;
+    let unit_dest = root.join("usr/lib/systemd/system");
+    let mut enable = Vec::new();
+    for entry in sorted_entries(inp.units_dir)? {
+        let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if name.ends_with(".preset") {
+            install_file(&entry, &root.join("usr/lib/systemd/system-preset").join(&name), 0o644)?;
+            enable.extend(preset_enables(&std::fs::read_to_string(&entry)?));
+        } else if name.ends_with(".conf") && name.contains("tmpfiles") {
+            install_file(&entry, &root.join("usr/lib/tmpfiles.d").join(&name), 0o644)?;
+        } else if entry.is_file() {
+            install_file(&entry, &unit_dest.join(&name), 0o644)?;
+        }
+    }
+    write(
+        &root.join("usr/lib/tmpfiles.d/bpi-layout.conf"),
+        layout::tmpfiles_conf(&[Home::Data, Home::Runtime]).as_bytes(),
+        0o644,
+    )?;
+    layout::apply(&layout::plan(root, &[Home::Image])?)?;
+
+    // /var lives on the data partition; the image keeps a copy to seed it.
+    let factory = root.join("usr/share/factory");
+    std::fs::create_dir_all(&factory)?;
+    std::fs::rename(root.join("var"), factory.join("var"))?;
+    std::fs::create_dir(root.join("var"))?;
+    std::fs::set_permissions(root.join("var"), std::fs::Permissions::from_mode(0o755))?;
+
+    if !enable.is_empty() {
+        Cmd::new("systemctl").arg(format!("--root={}", root.display())).arg("enable").args(&enable).run()?;
+    }
+    clamp_mtimes(root, inp.epoch)?;
+    Ok(boot)
+}
+
+/// Units a preset file enables (`enable NAME`), wildcards excluded.
+pub fn preset_enables(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("enable "))
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.contains('*'))
+        .collect()
+}
+
+fn take_boot_files(root: &Path, out: &Path) -> Result<BootFiles> {
+    std::fs::create_dir_all(out)?;
+    let boot = root.join("boot");
+    let mut kernel = None;
+    for e in sorted_entries(&boot)? {
+        let name = e.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if let Some(v) = name.strip_prefix("vmlinuz-") {
+            kernel = Some(v.to_string());
+        }
+    }
+    let kver = kernel.with_context(|| format!("no kernel (vmlinuz-*) in {}", boot.display()))?;
+    let files = BootFiles {
+        kernel: out.join("vmlinuz"),
+        initrd: out.join("initrd.img"),
+        kernel_version: kver.clone(),
+    };
+    std::fs::rename(boot.join(format!("vmlinuz-{kver}")), &files.kernel)?;
+    std::fs::rename(boot.join(format!("initrd.img-{kver}")), &files.initrd)
+        .with_context(|| format!("the base has no initrd.img-{kver}; was it built by the dracut hook?"))?;
+    remove_contents(&boot)?;
+    Ok(files)
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    v.sort();
+    Ok(v)
+}
+
+fn remove_contents(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    for p in sorted_entries(dir)? {
+        if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        }
+        .with_context(|| format!("removing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn write(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    if let Some(p) = dest.parent() {
+        std::fs::create_dir_all(p)?;
+    }
+    let _ = std::fs::remove_file(dest);
+    std::fs::write(dest, bytes).with_context(|| format!("writing {}", dest.display()))?;
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+fn install_file(src: &Path, dest: &Path, mode: u32) -> Result<()> {
+    let bytes = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+    write(dest, &bytes, mode)
+}
+
+/// Copies a tree file by file, keeping each file's mode bits.
+fn copy_tree(src: &Path, dest: &Path) -> Result<()> {
+    for e in sorted_entries(src)? {
+        let name = e.file_name().expect("entry has a name");
+        let target = dest.join(name);
+        if name == "README.md" && src.ends_with("rootfs-overlay") {
+            continue;
+        }
+        let meta = std::fs::symlink_metadata(&e)?;
+        if meta.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            copy_tree(&e, &target)?;
+        } else if meta.file_type().is_symlink() {
+            let _ = std::fs::remove_file(&target);
+            std::os::unix::fs::symlink(std::fs::read_link(&e)?, &target)?;
+        } else {
+            install_file(&e, &target, meta.permissions().mode() & 0o7777)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets every mtime to the build's epoch so file times do not depend on when
+/// or where the build ran.
+pub fn clamp_mtimes(root: &Path, epoch: u64) -> Result<()> {
+    let t = filetime::FileTime::from_unix_time(epoch as i64, 0);
+    fn walk(p: &Path, t: filetime::FileTime) -> Result<()> {
+        let meta = std::fs::symlink_metadata(p)?;
+        if meta.is_dir() {
+            for e in std::fs::read_dir(p)? {
+                walk(&e?.path(), t)?;
+            }
+        }
+        filetime::set_symlink_file_times(p, t, t).with_context(|| format!("setting times of {}", p.display()))
+    }
+    walk(root, t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canary_is_stable_and_incompressible_looking() {
+        let c = canary_bytes();
+        assert_eq!(c.len(), CANARY_LEN);
+        assert_eq!(c, canary_bytes());
+        let distinct: std::collections::HashSet<_> = c.chunks(32).collect();
+        assert_eq!(distinct.len(), CANARY_LEN / 32);
+    }
+
+    #[test]
+    fn presets() {
+        assert_eq!(preset_enables("enable a.service\ndisable b\nenable c*\n# x\n"), vec!["a.service"]);
+    }
+
+    #[test]
+    fn os_release_names_version() {
+        assert!(os_release("1.2.3").contains("IMAGE_VERSION=1.2.3\n"));
+    }
+
+    #[test]
+    fn copy_tree_keeps_modes_and_links() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(src.path().join("etc/x")).unwrap();
+        write(&src.path().join("etc/x/run.sh"), b"#!/bin/sh\n", 0o750).unwrap();
+        std::os::unix::fs::symlink("run.sh", src.path().join("etc/x/link")).unwrap();
+        copy_tree(src.path(), dst.path()).unwrap();
+        let m = std::fs::metadata(dst.path().join("etc/x/run.sh")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o750);
+        assert_eq!(std::fs::read_link(dst.path().join("etc/x/link")).unwrap(), Path::new("run.sh"));
+        clamp_mtimes(dst.path(), 1000).unwrap();
+        let m = std::fs::symlink_metadata(dst.path().join("etc/x/link")).unwrap();
+        assert_eq!(filetime::FileTime::from_last_modification_time(&m).unix_seconds(), 1000);
+    }
+}

@@ -1,0 +1,156 @@
+//! Progress reporting: one line per step with its duration, a spinner or bar on a
+//! terminal, and plain lines (no escape codes) in CI and the journal.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Logs a detail line (command lines, notes). Quiet unless BPI_VERBOSE is set or
+/// we are not on a terminal, where a full log is worth more than a tidy screen.
+pub fn log(line: &str) {
+    if std::env::var_os("BPI_VERBOSE").is_some() || !std::io::stderr().is_terminal() {
+        eprintln!("  {line}");
+    }
+}
+
+/// Says something the user must see (an install, a skipped tier).
+pub fn note(line: &str) {
+    eprintln!("==> {line}");
+}
+
+/// A sequence of named steps of one long job.
+pub struct Steps {
+    job: String,
+    started: Instant,
+    tty: bool,
+}
+
+impl Steps {
+    pub fn new(job: &str) -> Self {
+        Steps {
+            job: job.to_string(),
+            started: Instant::now(),
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// Runs one step, printing its name, then its duration or failure.
+    pub fn step<T, E>(&self, name: &str, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        let t = Instant::now();
+        let spinner = if self.tty {
+            let s = ProgressBar::new_spinner();
+            s.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("template"));
+            s.set_message(format!("{}: {name}", self.job));
+            s.enable_steady_tick(Duration::from_millis(200));
+            Some(s)
+        } else {
+            eprintln!("[{}] {name} ...", self.job);
+            None
+        };
+        let r = f();
+        if let Some(s) = spinner {
+            s.finish_and_clear();
+        }
+        let verdict = if r.is_ok() { "done" } else { "FAILED" };
+        eprintln!("[{}] {name}: {verdict} in {}", self.job, fmt_duration(t.elapsed()));
+        r
+    }
+
+    /// A byte progress bar on a terminal; on other outputs, a line every 10%.
+    pub fn bytes(&self, name: &str, total: u64) -> ByteProgress {
+        ByteProgress::new(&format!("{}: {name}", self.job), total, self.tty)
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn finish(&self) {
+        eprintln!("[{}] finished in {}", self.job, fmt_duration(self.elapsed()));
+    }
+}
+
+/// Progress of a byte stream (writes, copies).
+pub struct ByteProgress {
+    bar: Option<ProgressBar>,
+    name: String,
+    total: u64,
+    done: u64,
+    next_report: u64,
+}
+
+impl ByteProgress {
+    fn new(name: &str, total: u64, tty: bool) -> Self {
+        let bar = tty.then(|| {
+            let b = ProgressBar::new(total);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .expect("template")
+                .progress_chars("=> "),
+            );
+            b.set_message(name.to_string());
+            b
+        });
+        ByteProgress {
+            bar,
+            name: name.to_string(),
+            total,
+            done: 0,
+            next_report: total / 10,
+        }
+    }
+
+    pub fn add(&mut self, n: u64) {
+        self.done += n;
+        match &self.bar {
+            Some(b) => b.set_position(self.done),
+            None if self.done >= self.next_report && self.total > 0 => {
+                eprintln!(
+                    "  {}: {}% ({} of {} bytes)",
+                    self.name,
+                    self.done * 100 / self.total,
+                    self.done,
+                    self.total
+                );
+                self.next_report = self.done + self.total / 10;
+            }
+            None => {}
+        }
+    }
+
+    pub fn finish(self) {
+        if let Some(b) = self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+pub fn fmt_duration(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 60.0 {
+        format!("{s:.1}s")
+    } else {
+        format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(fmt_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(fmt_duration(Duration::from_secs(125)), "2m05s");
+    }
+
+    #[test]
+    fn step_passes_result_through() {
+        let steps = Steps::new("t");
+        assert_eq!(steps.step("ok", || Ok::<_, ()>(7)), Ok(7));
+        assert_eq!(steps.step("bad", || Err::<(), _>("x")), Err("x"));
+    }
+}

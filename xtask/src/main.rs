@@ -1,0 +1,55 @@
+//! Developer and CI entry points. `cargo xtask build-image` and
+//! `cargo xtask test` are the two commands the README opens with.
+
+mod hosttools;
+mod image_cmd;
+mod test_cmd;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build target/image/{bpi-os.raw,bpi-os.qcow2,SHA256SUMS,manifest.json}.
+    BuildImage(image_cmd::BuildArgs),
+    /// Resolve image/packages.txt against the mirror and rewrite image/packages.lock.
+    Lock {
+        #[arg(long)]
+        mirror: Option<String>,
+    },
+    /// Every test tier: unit, host integration, then the QEMU suite.
+    Test(test_cmd::TestArgs),
+    /// Only the QEMU suite, against the image already built.
+    QemuTest(test_cmd::QemuArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::BuildImage(args) => image_cmd::build_image(&args),
+        Command::Lock { mirror } => image_cmd::lock(mirror.as_deref()),
+        Command::Test(args) => test_cmd::test(&args),
+        Command::QemuTest(args) => test_cmd::qemu_test(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+}
+
+pub fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
