@@ -1,1 +1,16 @@
-//! QEMU harness (see vm.rs).
+//! The QEMU harness: boots a copy-on-write overlay of the built image under
+//! OVMF, keeps the serial log, talks to the guest through qemu-guest-agent,
+//! and scans logs for signs of trouble. Tests live in tests/.
+
+pub mod logscan;
+pub mod qga;
+pub mod vm;
+
+use std::path::PathBuf;
+
+/// target/image, or $BPI_IMAGE_DIR (set by `cargo xtask test`).
+pub fn image_dir() -> PathBuf {
+    std::env::var_os("BPI_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/image"))
+}

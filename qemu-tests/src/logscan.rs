@@ -1,0 +1,35 @@
+//! Signs of trouble in a serial log or journal.
+
+/// (pattern, what it means). Matched case-sensitively, line by line.
+const TROUBLE: &[(&str, &str)] = &[
+    ("Kernel panic", "kernel panic"),
+    ("Oops:", "kernel oops"),
+    ("BUG:", "kernel BUG"),
+    ("WARNING: CPU:", "kernel WARNING"),
+    ("cut here ]", "kernel WARNING"),
+    ("emergency mode", "emergency shell"),
+    ("Entering emergency", "emergency shell"),
+    ("ordering cycle", "unit ordering cycle"),
+    ("Failed to start", "failed unit"),
+];
+
+/// Every troubling line, with what it means.
+pub fn trouble(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| TROUBLE.iter().find(|(p, _)| l.contains(p)).map(|(_, why)| format!("{why}: {}", l.trim())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_what_matters_only() {
+        let log = "ok line\n[  1.0] Kernel panic - not syncing: VFS\nsystemd[1]: Found ordering cycle on a.service\n[ OK ] Reached target x\n";
+        let t = trouble(log);
+        assert_eq!(t.len(), 2, "{t:?}");
+        assert!(t[0].starts_with("kernel panic"));
+        assert!(trouble("all good\n").is_empty());
+    }
+}

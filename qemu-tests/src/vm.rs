@@ -1,0 +1,254 @@
+//! One QEMU virtual machine booting a bpi-os disk under OVMF.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bpi_support::Cmd;
+
+use crate::logscan;
+use crate::qga::{Agent, ExecOutput};
+
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// How long a boot may take under TCG before the harness gives up.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub struct VmOptions {
+    /// The disk to boot; the VM writes to a qcow2 overlay, never to this file.
+    pub base: PathBuf,
+    pub cpu: Option<String>,
+    pub accel: String,
+    /// Virtual size of the overlay (room for the data partition).
+    pub disk_size: &'static str,
+}
+
+impl VmOptions {
+    pub fn new(base: PathBuf) -> VmOptions {
+        VmOptions {
+            base,
+            cpu: None,
+            accel: std::env::var("BPI_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into()),
+            disk_size: "4G",
+        }
+    }
+}
+
+/// A machine's files: overlay, firmware variables, serial log. Survives
+/// power-offs so the same disk can be booted again.
+pub struct Machine {
+    pub dir: tempfile::TempDir,
+    pub opts: VmOptions,
+}
+
+pub struct Vm<'a> {
+    machine: &'a Machine,
+    child: Child,
+    pub started: Instant,
+    boot_no: u32,
+}
+
+impl Machine {
+    pub fn new(opts: VmOptions) -> Result<Machine> {
+        anyhow::ensure!(
+            opts.base.is_file(),
+            "{} does not exist: run `cargo xtask build-image` first",
+            opts.base.display()
+        );
+        let dir = tempfile::Builder::new().prefix("bpi-vm-").tempdir()?;
+        Cmd::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&opts.base)
+            .arg(dir.path().join("disk.qcow2"))
+            .arg(opts.disk_size)
+            .run()?;
+        std::fs::copy(OVMF_VARS, dir.path().join("vars.fd")).with_context(|| format!("copying {OVMF_VARS}"))?;
+        Ok(Machine { dir, opts })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn serial_log(&self, boot_no: u32) -> String {
+        std::fs::read_to_string(self.path(&format!("serial-{boot_no}.log"))).unwrap_or_default()
+    }
+
+    /// Powers the machine on; `boot_no` names its serial log.
+    pub fn start(&self, boot_no: u32) -> Result<Vm<'_>> {
+        let accel = effective_accel(&self.opts.accel);
+        let sock = self.path("qga.sock");
+        let _ = std::fs::remove_file(&sock);
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-machine", "q35", "-accel", &accel, "-m", "2048", "-smp", "2", "-nodefaults", "-display", "none"])
+            .args(["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}")])
+            .args(["-drive", &format!("if=pflash,format=raw,unit=1,file={}", self.path("vars.fd").display())])
+            .args(["-drive", &format!("if=none,id=disk0,format=qcow2,file={}", self.path("disk.qcow2").display())])
+            .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"])
+            .args(["-serial", &format!("file:{}", self.path(&format!("serial-{boot_no}.log")).display())])
+            .args(["-chardev", &format!("socket,path={},server=on,wait=off,id=qga0", sock.display())])
+            .args(["-device", "virtio-serial-pci", "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"])
+            .args(["-nic", "none"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.path(&format!("qemu-{boot_no}.err")))?);
+        if let Some(cpu) = &self.opts.cpu {
+            cmd.args(["-cpu", cpu]);
+        }
+        eprintln!("  $ {:?}", cmd);
+        let child = cmd.spawn().context("starting qemu-system-x86_64")?;
+        Ok(Vm { machine: self, child, started: Instant::now(), boot_no })
+    }
+}
+
+/// KVM only when asked for and it answers within a few seconds; TCG otherwise.
+fn effective_accel(requested: &str) -> String {
+    if requested != "kvm" {
+        return "tcg".into();
+    }
+    let probe = Command::new("qemu-system-x86_64")
+        .args(["-accel", "kvm", "-machine", "q35", "-nodefaults", "-display", "none", "-S"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = probe else { return "tcg".into() };
+    std::thread::sleep(Duration::from_secs(3));
+    let alive = matches!(child.try_wait(), Ok(None));
+    let _ = child.kill();
+    let _ = child.wait();
+    if alive {
+        "kvm".into()
+    } else {
+        eprintln!("  KVM was asked for but does not start here; using TCG");
+        "tcg".into()
+    }
+}
+
+impl Vm<'_> {
+    pub fn serial(&self) -> String {
+        self.machine.serial_log(self.boot_no)
+    }
+
+    fn tail(&self) -> String {
+        let log = self.serial();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Error context: the reason plus the serial log's tail.
+    pub fn fail<T>(&self, why: &str) -> Result<T> {
+        bail!("{why}\n--- last lines of the serial log (boot {}) ---\n{}", self.boot_no, self.tail())
+    }
+
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Waits until the guest agent answers and systemd has finished booting;
+    /// returns the time from power-on.
+    pub fn wait_booted(&mut self) -> Result<Duration> {
+        let sock = self.machine.path("qga.sock");
+        loop {
+            if self.started.elapsed() > BOOT_TIMEOUT {
+                return self.fail(&format!("no answer from the guest agent within {BOOT_TIMEOUT:?}"));
+            }
+            if self.exited() {
+                return self.fail("QEMU exited before the guest finished booting");
+            }
+            if sock.exists() {
+                if let Ok(mut a) = Agent::connect(&sock, Duration::from_secs(5)) {
+                    let r = a.sh("systemctl is-system-running --wait", Duration::from_secs(300))?;
+                    let state = r.stdout.trim().to_string();
+                    if state != "running" {
+                        let failed = a.sh("systemctl --failed --no-legend --plain", Duration::from_secs(30))?;
+                        return self.fail(&format!("system state is {state:?}; failed units:\n{}", failed.stdout));
+                    }
+                    return Ok(self.started.elapsed());
+                }
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
+    pub fn agent(&self) -> Result<Agent> {
+        Agent::connect(&self.machine.path("qga.sock"), Duration::from_secs(30))
+    }
+
+    /// Runs a shell command in the guest; fails unless it exits 0.
+    pub fn sh(&self, script: &str) -> Result<String> {
+        let out = self.sh_any(script)?;
+        if out.code != 0 {
+            bail!("`{script}` failed in the guest with code {}: {}{}", out.code, out.stdout, out.stderr);
+        }
+        Ok(out.stdout)
+    }
+
+    /// Runs a shell command in the guest, whatever its exit code.
+    pub fn sh_any(&self, script: &str) -> Result<ExecOutput> {
+        self.agent()?.sh(script, Duration::from_secs(300))
+    }
+
+    /// Kernel and journal trouble since boot, or an error listing it.
+    pub fn check_logs(&self, allowed: &[&str]) -> Result<()> {
+        let journal = self.sh("journalctl -b -o short-monotonic --no-pager")?;
+        let failed = self.sh("systemctl --failed --no-legend --plain")?;
+        let mut found: Vec<String> = logscan::trouble(&self.serial());
+        found.extend(logscan::trouble(&journal));
+        found.retain(|l| !allowed.iter().any(|a| l.contains(a)));
+        if !failed.trim().is_empty() {
+            found.push(format!("failed units: {}", failed.trim()));
+        }
+        if !found.is_empty() {
+            bail!("trouble in the logs of boot {}:\n  {}", self.boot_no, found.join("\n  "));
+        }
+        Ok(())
+    }
+
+    /// Clean power-off from inside; waits for QEMU to exit.
+    pub fn poweroff(mut self) -> Result<()> {
+        let _ = self.agent().and_then(|mut a| {
+            a.sh("sync; systemctl --no-block poweroff", Duration::from_secs(30)).map(|_| ())
+        });
+        self.wait_exit(Duration::from_secs(300))
+    }
+
+    /// Waits for QEMU to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<()> {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if self.exited() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        self.fail(&format!("QEMU did not exit within {timeout:?}"))
+    }
+}
+
+impl Drop for Vm<'_> {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A sparse copy of an image, for tampering without touching the original.
+pub fn copy_image(src: &Path, dest: &Path) -> Result<()> {
+    Cmd::new("cp").arg("--sparse=always").arg(src).arg(dest).run()?;
+    Ok(())
+}
+
+/// Flips one bit at `offset` of a file.
+pub fn flip_byte(path: &Path, offset: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset)?;
+    b[0] ^= 0x01;
+    f.write_all_at(&b, offset)?;
+    f.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! End-to-end: the built image booted under QEMU (TCG unless
+//! BPI_QEMU_ACCEL=kvm works) and checked from outside through the guest agent.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use bpi_image::manifest::Manifest;
+use bpi_installer::layout::{self, Home};
+use bpi_qemu_tests::image_dir;
+use bpi_qemu_tests::vm::{copy_image, flip_byte, Machine, VmOptions};
+
+fn manifest() -> Result<Manifest> {
+    Manifest::load(&image_dir().join("manifest.json"))
+}
+
+fn raw() -> std::path::PathBuf {
+    image_dir().join("bpi-os.raw")
+}
+
+#[test]
+fn boots_read_only_verity_root_and_keeps_state_across_reboot() -> Result<()> {
+    let m = manifest()?;
+    let machine = Machine::new(VmOptions::new(raw()))?;
+    let mut vm = machine.start(1)?;
+    let took = vm.wait_booted()?;
+    eprintln!("FIGURE boot to multi-user.target (first boot, {}): {:.1}s", machine.opts.accel, took.as_secs_f64());
+    eprintln!("{}", vm.sh("systemd-analyze time || true")?.trim());
+    vm.check_logs(&[])?;
+    ensure!(vm.sh("systemctl is-active multi-user.target")?.trim() == "active");
+
+    // The root: erofs on dm-verity, read-only, pinned to the built root hash.
+    let root = vm.sh("findmnt -no FSTYPE,SOURCE,OPTIONS /")?;
+    let f: Vec<&str> = root.split_whitespace().collect();
+    ensure!(f.first() == Some(&"erofs"), "root is not erofs: {root}");
+    ensure!(f.get(1) == Some(&"/dev/mapper/root"), "root is not the verity device: {root}");
+    ensure!(f.get(2).is_some_and(|o| o.split(',').any(|x| x == "ro")), "root is not read-only: {root}");
+    let dm = vm.sh("dmsetup table root 2>/dev/null || veritysetup status root")?;
+    ensure!(dm.contains("verity") || dm.contains("VERITY"), "root is not a verity target: {dm}");
+    let write = vm.sh_any("touch /usr/bpi-write-test")?;
+    ensure!(write.code != 0, "writing to /usr succeeded");
+
+    // Version and status from the binary that was built.
+    let version = vm.sh("bpi-os --version")?;
+    ensure!(version.trim() == format!("bpi-os {}", m.version), "guest says {version:?}, built {}", m.version);
+    let status: serde_json::Value = serde_json::from_str(&vm.sh("bpi-os status --json")?)?;
+    ensure!(status["root_hash"] == m.root_hash, "status root hash {} != manifest {}", status["root_hash"], m.root_hash);
+    ensure!(status["verity"]["active"] == true, "status: {status}");
+    ensure!(status["verity"]["state"] == "verified", "status: {status}");
+    ensure!(status["data"]["mounted"] == true, "status: {status}");
+
+    // The /bpi tree with the modes of DESIGN.md.
+    let paths: Vec<&str> = layout::dirs(&[Home::Image, Home::Data, Home::Runtime]).map(|d| d.path).collect();
+    let stat = vm.sh(&format!("stat -c '%n %a %U' {}", paths.join(" ")))?;
+    for dir in layout::dirs(&[Home::Image, Home::Data, Home::Runtime]) {
+        let want = format!("{} {:o} root", dir.path, dir.mode);
+        ensure!(stat.lines().any(|l| l == want), "expected `{want}` in the guest; got:\n{stat}");
+    }
+    ensure!(vm.sh("findmnt -no FSTYPE /bpi/runtime")?.trim() == "tmpfs");
+    ensure!(vm.sh("findmnt -no FSTYPE /etc")?.trim() == "overlay");
+    ensure!(vm.sh("findmnt -no FSTYPE /bpi/data")?.trim() == "ext4");
+
+    // State: /etc and /bpi/data persist, /bpi/runtime does not.
+    let token = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos());
+    vm.sh(&format!(
+        "echo {token} > /etc/bpi-test && echo {token} > /bpi/data/bpi-test && echo {token} > /bpi/runtime/bpi-test && sync"
+    ))?;
+    vm.poweroff()?;
+
+    let mut vm = machine.start(2)?;
+    let took = vm.wait_booted()?;
+    eprintln!("FIGURE boot to multi-user.target (second boot): {:.1}s", took.as_secs_f64());
+    vm.check_logs(&[])?;
+    ensure!(vm.sh("cat /etc/bpi-test")?.trim() == token, "/etc lost its file across reboot");
+    ensure!(vm.sh("cat /bpi/data/bpi-test")?.trim() == token, "/bpi/data lost its file across reboot");
+    ensure!(vm.sh_any("test -e /bpi/runtime/bpi-test")?.code != 0, "/bpi/runtime kept a file across reboot");
+    vm.poweroff()
+}
+
+#[test]
+fn a_changed_byte_in_the_root_superblock_is_refused() -> Result<()> {
+    let m = manifest()?;
+    let root = m.partition("bpi-root").context("manifest has no bpi-root")?;
+    let dir = tempfile::tempdir()?;
+    let copy = dir.path().join("tampered.raw");
+    copy_image(&raw(), &copy)?;
+    // erofs's superblock (magic at 1024) is the first thing mounting reads.
+    flip_byte(&copy, root.offset + 1024)?;
+    let machine = Machine::new(VmOptions::new(copy))?;
+    let mut vm = machine.start(1)?;
+    // The initrd's emergency action is poweroff: QEMU exits on its own.
+    vm.wait_exit(Duration::from_secs(600))?;
+    let log = vm.serial();
+    ensure!(
+        log.contains("device-mapper: verity") && log.contains("corrupted"),
+        "no verity error in the serial log:\n{}",
+        tail(&log)
+    );
+    ensure!(!log.contains("Reached target Multi-User System"), "the tampered root booted:\n{}", tail(&log));
+    eprintln!("tampered superblock: boot refused with: {}", log.lines().find(|l| l.contains("corrupted")).unwrap_or(""));
+    Ok(())
+}
+
+#[test]
+fn a_changed_byte_in_file_data_reads_as_io_error() -> Result<()> {
+    let m = manifest()?;
+    let root = m.partition("bpi-root").context("manifest has no bpi-root")?;
+    let dir = tempfile::tempdir()?;
+    let copy = dir.path().join("tampered.raw");
+    copy_image(&raw(), &copy)?;
+    flip_byte(&copy, root.offset + m.verity_canary.root_offset + 100)?;
+    let machine = Machine::new(VmOptions::new(copy))?;
+    let mut vm = machine.start(1)?;
+    vm.wait_booted()?;
+    let read = vm.sh_any(&format!("cat {} > /dev/null", m.verity_canary.path))?;
+    ensure!(read.code != 0, "reading the tampered file succeeded");
+    ensure!(read.stderr.contains("Input/output error"), "expected an I/O error, got: {}", read.stderr);
+    let kernel = vm.sh("journalctl -k -b --no-pager | grep -i 'verity' || true")?;
+    ensure!(kernel.contains("corrupted"), "no verity corruption in the kernel log: {kernel}");
+    vm.check_logs(&[])?;
+    vm.poweroff()
+}
+
+#[test]
+fn boots_with_proxmox_default_cpu_kvm64() -> Result<()> {
+    let mut opts = VmOptions::new(raw());
+    opts.cpu = Some("kvm64".into());
+    let machine = Machine::new(opts)?;
+    let mut vm = machine.start(1)?;
+    let took = vm.wait_booted()?;
+    eprintln!("FIGURE boot to multi-user.target with -cpu kvm64: {:.1}s", took.as_secs_f64());
+    vm.check_logs(&[])?;
+    vm.poweroff()
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
