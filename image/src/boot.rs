@@ -46,6 +46,8 @@ pub fn make_uki(inp: &UkiInputs, work: &Path, out: &Path) -> Result<()> {
         .arg(out)
         .run()
         .context("objcopy could not build the unified kernel image")?;
+    let (uki, parts) = (std::fs::metadata(out)?.len(), std::fs::metadata(inp.kernel)?.len() + std::fs::metadata(inp.initrd)?.len());
+    anyhow::ensure!(uki > parts, "the unified kernel image ({uki} bytes) is smaller than its kernel and initrd ({parts} bytes)");
     Ok(())
 }
 
@@ -73,8 +75,10 @@ pub fn make_esp(inp: &EspInputs, work: &Path, out: &Path) -> Result<()> {
         .context("mkfs.vfat could not build the ESP")?;
     let loader_conf = work.join("loader.conf");
     std::fs::write(&loader_conf, "timeout 0\neditor no\nauto-entries no\nauto-firmware no\n")?;
+    let files = work.join("esp-files");
+    std::fs::create_dir_all(&files)?;
     let staged = |src: &Path, name: &str| -> Result<std::path::PathBuf> {
-        let p = work.join(name);
+        let p = files.join(name);
         std::fs::copy(src, &p).with_context(|| format!("copying {}", src.display()))?;
         let t = filetime::FileTime::from_unix_time(inp.epoch as i64, 0);
         filetime::set_file_times(&p, t, t)?;
@@ -82,7 +86,7 @@ pub fn make_esp(inp: &EspInputs, work: &Path, out: &Path) -> Result<()> {
     };
     let sdboot = staged(inp.systemd_boot, "systemd-bootx64.efi")?;
     let uki = staged(inp.uki, "bpi-os.efi")?;
-    let loader = staged(&loader_conf, "loader.conf.staged")?;
+    let loader = staged(&loader_conf, "loader.conf")?;
     let mtools = |prog: &str| Cmd::new(prog).env("SOURCE_DATE_EPOCH", &epoch).env("MTOOLS_SKIP_CHECK", "1");
     mtools("mmd")
         .arg("-i")

@@ -134,6 +134,7 @@ fn mmdebstrap(
     let mut cmd = Cmd::new("mmdebstrap")
         .arg("--mode=root")
         .arg("--variant=essential")
+        .arg("--format=tar")
         .arg(format!("--include={}", names.join(",")))
         // Keep every .deb until the collect hook has hashed it.
         .arg("--skip=download/empty,essential/unlink")

@@ -3,4 +3,6 @@
 set -eu
 part=$(readlink -f /dev/disk/by-partlabel/bpi-root)
 disk=$(basename "$(readlink -f "/sys/class/block/${part##*/}/..")")
-exec systemd-repart --dry-run=no "/dev/$disk"
+# In the initrd, v252 defaults to --root=/sysroot for its definitions, which
+# is not mounted yet: point it at the ones this module installed.
+exec systemd-repart --dry-run=no --definitions=/usr/lib/repart.d "/dev/$disk"
