@@ -8,13 +8,19 @@ use anyhow::{Context, Result};
 use bpi_support::Cmd;
 
 /// The kernel command line: the verity root hash pins the root; the consoles
-/// are serial (Proxmox, QEMU) and the screen.
+/// are serial (Proxmox, QEMU) and the screen. A root that fails verity never
+/// becomes a usable device, and dracut waits for it forever unless
+/// `rd.timeout` is set: after it, the initrd gives up and powers off (no shell).
 pub fn cmdline(root_hash: &str) -> String {
     format!(
         "roothash={root_hash} root=/dev/mapper/root rootfstype=erofs ro \
-         console=tty0 console=ttyS0,115200 systemd.firstboot=off rd.shell=0 rd.emergency=poweroff"
+         console=tty0 console=ttyS0,115200 systemd.firstboot=off \
+         rd.timeout={ROOT_TIMEOUT_SECS} rd.shell=0 rd.emergency=poweroff"
     )
 }
+
+/// How long the initrd waits for the root device before refusing to boot.
+pub const ROOT_TIMEOUT_SECS: u32 = 120;
 
 pub struct UkiInputs<'a> {
     pub stub: &'a Path,
@@ -113,5 +119,6 @@ mod tests {
         let c = cmdline("ab");
         assert!(c.starts_with("roothash=ab root=/dev/mapper/root "));
         assert!(c.contains("console=ttyS0,115200"));
+        assert!(c.contains("rd.timeout=120 rd.shell=0 rd.emergency=poweroff"), "{c}");
     }
 }
