@@ -97,7 +97,8 @@ pub fn root_hash(cmdline: &str) -> Option<String> {
 pub fn find_mount(mountinfo: &str, target: &str) -> Option<Mount> {
     mountinfo
         .lines()
-        .filter_map(|line| {
+        .rev()
+        .find_map(|line| {
             let (pre, post) = line.split_once(" - ")?;
             let pre: Vec<&str> = pre.split(' ').collect();
             let post: Vec<&str> = post.split(' ').collect();
@@ -111,7 +112,6 @@ pub fn find_mount(mountinfo: &str, target: &str) -> Option<Mount> {
                 read_only: opts.split(',').any(|o| o == "ro"),
             })
         })
-        .last()
 }
 
 pub fn parse_verity(out: Option<&str>) -> Verity {
@@ -149,6 +149,6 @@ mod tests {
         assert_eq!(root_hash("ro"), None);
         let v = parse_verity(Some("/dev/mapper/root is active and is in use.\n  type:        VERITY\n  status:      verified\n"));
         assert_eq!(v, Verity { active: true, state: Some("verified".into()) });
-        assert_eq!(parse_verity(Some("/dev/mapper/root is inactive.\n")).active, false);
+        assert!(!parse_verity(Some("/dev/mapper/root is inactive.\n")).active);
     }
 }

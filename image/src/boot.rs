@@ -79,20 +79,20 @@ pub fn make_esp(inp: &EspInputs, work: &Path, out: &Path) -> Result<()> {
         .env("SOURCE_DATE_EPOCH", &epoch)
         .run()
         .context("mkfs.vfat could not build the ESP")?;
-    let loader_conf = work.join("loader.conf");
-    std::fs::write(&loader_conf, "timeout 0\neditor no\nauto-entries no\nauto-firmware no\n")?;
+    // mcopy -m keeps each file's mtime: stage the files with the epoch's.
     let files = work.join("esp-files");
     std::fs::create_dir_all(&files)?;
-    let staged = |src: &Path, name: &str| -> Result<std::path::PathBuf> {
+    let epoch_time = filetime::FileTime::from_unix_time(inp.epoch as i64, 0);
+    let staged = |name: &str, bytes: &[u8]| -> Result<std::path::PathBuf> {
         let p = files.join(name);
-        std::fs::copy(src, &p).with_context(|| format!("copying {}", src.display()))?;
-        let t = filetime::FileTime::from_unix_time(inp.epoch as i64, 0);
-        filetime::set_file_times(&p, t, t)?;
+        std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
+        filetime::set_file_times(&p, epoch_time, epoch_time)?;
         Ok(p)
     };
-    let sdboot = staged(inp.systemd_boot, "systemd-bootx64.efi")?;
-    let uki = staged(inp.uki, "bpi-os.efi")?;
-    let loader = staged(&loader_conf, "loader.conf")?;
+    let read = |src: &Path| std::fs::read(src).with_context(|| format!("reading {}", src.display()));
+    let sdboot = staged("systemd-bootx64.efi", &read(inp.systemd_boot)?)?;
+    let uki = staged("bpi-os.efi", &read(inp.uki)?)?;
+    let loader = staged("loader.conf", b"timeout 0\neditor no\nauto-entries no\nauto-firmware no\n")?;
     let mtools = |prog: &str| Cmd::new(prog).env("SOURCE_DATE_EPOCH", &epoch).env("MTOOLS_SKIP_CHECK", "1");
     mtools("mmd")
         .arg("-i")

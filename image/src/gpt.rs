@@ -67,7 +67,7 @@ pub fn layout(sizes: &[u64]) -> Vec<(u64, u64)> {
 
 /// Computes the partition tables for a disk of `disk_size` bytes.
 pub fn tables(disk_guid: &str, parts: &[Partition], disk_size: u64) -> Result<Tables> {
-    ensure!(disk_size % SECTOR == 0, "disk size {disk_size} is not a multiple of {SECTOR}");
+    ensure!(disk_size.is_multiple_of(SECTOR), "disk size {disk_size} is not a multiple of {SECTOR}");
     ensure!(parts.len() as u64 <= ENTRIES, "too many partitions");
     let last_lba = disk_size / SECTOR - 1;
     let first_usable = 2 + ENTRY_SECTORS;

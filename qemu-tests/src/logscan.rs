@@ -20,6 +20,12 @@ pub fn trouble(log: &str) -> Vec<String> {
         .collect()
 }
 
+/// The last `n` lines of a log, for error messages.
+pub fn tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,5 +37,7 @@ mod tests {
         assert_eq!(t.len(), 2, "{t:?}");
         assert!(t[0].starts_with("kernel panic"));
         assert!(trouble("all good\n").is_empty());
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail("a\n", 5), "a");
     }
 }

@@ -7,6 +7,7 @@ use anyhow::{ensure, Context, Result};
 use bpi_image::manifest::Manifest;
 use bpi_installer::layout::{self, Home};
 use bpi_qemu_tests::image_dir;
+use bpi_qemu_tests::logscan::tail;
 use bpi_qemu_tests::vm::{copy_image, flip_byte, Machine, VmOptions};
 
 fn manifest() -> Result<Manifest> {
@@ -17,6 +18,18 @@ fn raw() -> std::path::PathBuf {
     image_dir().join("bpi-os.raw")
 }
 
+/// A sparse copy of the image with one bit flipped at `offset` inside the
+/// root partition; the copy lives as long as the returned directory.
+fn tampered_copy(offset: u64) -> Result<(tempfile::TempDir, std::path::PathBuf)> {
+    let m = manifest()?;
+    let root = m.partition("bpi-root").context("manifest has no bpi-root")?;
+    let dir = tempfile::tempdir()?;
+    let copy = dir.path().join("tampered.raw");
+    copy_image(&raw(), &copy)?;
+    flip_byte(&copy, root.offset + offset)?;
+    Ok((dir, copy))
+}
+
 #[test]
 fn boots_read_only_verity_root_and_keeps_state_across_reboot() -> Result<()> {
     let m = manifest()?;
@@ -25,7 +38,7 @@ fn boots_read_only_verity_root_and_keeps_state_across_reboot() -> Result<()> {
     let took = vm.wait_booted()?;
     eprintln!("FIGURE boot to multi-user.target (first boot, {}): {:.1}s", machine.opts.accel, took.as_secs_f64());
     eprintln!("{}", vm.sh("systemd-analyze time || true")?.trim());
-    vm.check_logs(&[])?;
+    vm.check_logs()?;
     ensure!(vm.sh("systemctl is-active multi-user.target")?.trim() == "active");
 
     // The root: erofs on dm-verity, read-only, pinned to the built root hash.
@@ -69,7 +82,7 @@ fn boots_read_only_verity_root_and_keeps_state_across_reboot() -> Result<()> {
     let mut vm = machine.start(2)?;
     let took = vm.wait_booted()?;
     eprintln!("FIGURE boot to multi-user.target (second boot): {:.1}s", took.as_secs_f64());
-    vm.check_logs(&[])?;
+    vm.check_logs()?;
     ensure!(vm.sh("cat /etc/bpi-test")?.trim() == token, "/etc lost its file across reboot");
     ensure!(vm.sh("cat /bpi/data/bpi-test")?.trim() == token, "/bpi/data lost its file across reboot");
     ensure!(vm.sh_any("test -e /bpi/runtime/bpi-test")?.code != 0, "/bpi/runtime kept a file across reboot");
@@ -78,13 +91,8 @@ fn boots_read_only_verity_root_and_keeps_state_across_reboot() -> Result<()> {
 
 #[test]
 fn a_changed_byte_in_the_root_superblock_is_refused() -> Result<()> {
-    let m = manifest()?;
-    let root = m.partition("bpi-root").context("manifest has no bpi-root")?;
-    let dir = tempfile::tempdir()?;
-    let copy = dir.path().join("tampered.raw");
-    copy_image(&raw(), &copy)?;
     // erofs's superblock (magic at 1024) is the first thing mounting reads.
-    flip_byte(&copy, root.offset + 1024)?;
+    let (_dir, copy) = tampered_copy(1024)?;
     let machine = Machine::new(VmOptions::new(copy))?;
     let mut vm = machine.start(1)?;
     // The initrd's emergency action is poweroff: QEMU exits on its own.
@@ -93,9 +101,9 @@ fn a_changed_byte_in_the_root_superblock_is_refused() -> Result<()> {
     ensure!(
         log.contains("device-mapper: verity") && log.contains("corrupted"),
         "no verity error in the serial log:\n{}",
-        tail(&log)
+        tail(&log, 40)
     );
-    ensure!(!log.contains("Reached target Multi-User System"), "the tampered root booted:\n{}", tail(&log));
+    ensure!(!log.contains("Reached target Multi-User System"), "the tampered root booted:\n{}", tail(&log, 40));
     eprintln!("tampered superblock: boot refused with: {}", log.lines().find(|l| l.contains("corrupted")).unwrap_or(""));
     Ok(())
 }
@@ -103,11 +111,7 @@ fn a_changed_byte_in_the_root_superblock_is_refused() -> Result<()> {
 #[test]
 fn a_changed_byte_in_file_data_reads_as_io_error() -> Result<()> {
     let m = manifest()?;
-    let root = m.partition("bpi-root").context("manifest has no bpi-root")?;
-    let dir = tempfile::tempdir()?;
-    let copy = dir.path().join("tampered.raw");
-    copy_image(&raw(), &copy)?;
-    flip_byte(&copy, root.offset + m.verity_canary.root_offset + 100)?;
+    let (_dir, copy) = tampered_copy(m.verity_canary.root_offset + 100)?;
     let machine = Machine::new(VmOptions::new(copy))?;
     let mut vm = machine.start(1)?;
     vm.wait_booted()?;
@@ -116,7 +120,7 @@ fn a_changed_byte_in_file_data_reads_as_io_error() -> Result<()> {
     ensure!(read.stderr.contains("Input/output error"), "expected an I/O error, got: {}", read.stderr);
     let kernel = vm.sh("journalctl -k -b --no-pager | grep -i 'verity' || true")?;
     ensure!(kernel.contains("corrupted"), "no verity corruption in the kernel log: {kernel}");
-    vm.check_logs(&[])?;
+    vm.check_logs()?;
     vm.poweroff()
 }
 
@@ -128,11 +132,6 @@ fn boots_with_proxmox_default_cpu_kvm64() -> Result<()> {
     let mut vm = machine.start(1)?;
     let took = vm.wait_booted()?;
     eprintln!("FIGURE boot to multi-user.target with -cpu kvm64: {:.1}s", took.as_secs_f64());
-    vm.check_logs(&[])?;
+    vm.check_logs()?;
     vm.poweroff()
-}
-
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
 }
