@@ -24,6 +24,8 @@ pub const ROOT_TIMEOUT_SECS: u32 = 120;
 
 pub struct UkiInputs<'a> {
     pub stub: &'a Path,
+    /// PE header timestamp (objcopy would write the current time).
+    pub epoch: u64,
     pub kernel: &'a Path,
     pub initrd: &'a Path,
     pub cmdline: &'a str,
@@ -52,6 +54,7 @@ pub fn make_uki(inp: &UkiInputs, work: &Path, out: &Path) -> Result<()> {
         .arg(out)
         .run()
         .context("objcopy could not build the unified kernel image")?;
+    crate::pe::set_timestamp(out, inp.epoch)?;
     let (uki, parts) = (std::fs::metadata(out)?.len(), std::fs::metadata(inp.kernel)?.len() + std::fs::metadata(inp.initrd)?.len());
     anyhow::ensure!(uki > parts, "the unified kernel image ({uki} bytes) is smaller than its kernel and initrd ({parts} bytes)");
     Ok(())

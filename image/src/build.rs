@@ -104,6 +104,7 @@ pub fn build(opts: &BuildOptions, steps: &Steps) -> Result<Manifest> {
         boot::make_uki(
             &UkiInputs {
                 stub: &efi_dir.join("linuxx64.efi.stub"),
+                epoch,
                 kernel: &boot_files.kernel,
                 initrd: &boot_files.initrd,
                 cmdline: &cmdline,

@@ -8,6 +8,7 @@ pub mod disk;
 pub mod gpt;
 pub mod manifest;
 pub mod packages;
+pub mod pe;
 pub mod rootfs;
 pub mod sources;
 pub mod stage;
