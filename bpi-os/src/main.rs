@@ -1,5 +1,6 @@
 //! The `bpi-os` command. Thin dispatch: the work lives in the libraries.
 
+mod ledger;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -19,12 +20,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The tamper-evident ledger of every operation.
+    Ledger {
+        #[command(subcommand)]
+        command: ledger::LedgerCommand,
+    },
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Status { json } => status::run(json),
+        Command::Ledger { command } => ledger::run(command),
     };
     if let Err(e) = result {
         eprintln!("bpi-os: error: {e:#}");

@@ -4,6 +4,7 @@
 
 pub mod cmd;
 pub mod digest;
+pub mod notify;
 pub mod progress;
 
 pub use cmd::{Cmd, CmdError};

@@ -1,0 +1,363 @@
+//! `bpi-os ledger ...`: thin dispatch onto bpi-ledger. Queries read the store
+//! files directly (so they work on a copied ledger); append goes through the
+//! running service unless --store names a store to open directly.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bpi_ledger::service::{self, Ledger1ProxyBlocking, ServeOptions};
+use bpi_ledger::store::{self, StoreOptions, DEFAULT_DIR, DEFAULT_KEY};
+use bpi_ledger::time::{fmt_utc, parse_utc};
+use bpi_ledger::{plugins::Plugins, proof, verify, Block};
+use clap::{Args, Subcommand};
+
+#[derive(Args, Clone)]
+pub struct StoreArg {
+    /// The store directory (a copy works too).
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
+}
+
+impl StoreArg {
+    fn dir(&self) -> PathBuf {
+        self.store.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
+    }
+
+    /// Options for opening the store as its writer. The signing key defaults to
+    /// the encrypted store for the system ledger and to DIR/checkpoint.key for
+    /// any other directory (tests, copies).
+    fn writer(&self, key: Option<PathBuf>, append_only: bool) -> StoreOptions {
+        let mut o = StoreOptions::new(self.dir());
+        o.key = key.unwrap_or_else(|| match &self.store {
+            None => PathBuf::from(DEFAULT_KEY),
+            Some(d) => d.join("checkpoint.key"),
+        });
+        o.append_only = append_only;
+        o
+    }
+}
+
+#[derive(Subcommand)]
+pub enum LedgerCommand {
+    /// Blocks, filtered by category, height or time; or --stats.
+    Show {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        category: Option<String>,
+        /// First height (inclusive).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Last height (inclusive).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Blocks stamped at or after this time (seconds or YYYY-MM-DD[THH:MM:SSZ]).
+        #[arg(long, value_parser = parse_utc)]
+        since: Option<u64>,
+        /// Blocks stamped at or before this time.
+        #[arg(long, value_parser = parse_utc)]
+        until: Option<u64>,
+        /// Show only the newest N matching blocks.
+        #[arg(long)]
+        last: Option<usize>,
+        /// Counts, bytes, first and last, per category.
+        #[arg(long)]
+        stats: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Checks every block and the newest signed checkpoint; exits 1 if anything is wrong.
+    Verify {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The verifier key to trust (default: the store's checkpoint.vkey).
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Records one operation.
+    Append {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        category: String,
+        #[arg(long)]
+        action: String,
+        /// The operation's data, a JSON object.
+        #[arg(long)]
+        data: String,
+        /// The checkpoint signing key when opening the store directly.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// A D-Bus address instead of the system bus.
+        #[arg(long, value_name = "ADDRESS")]
+        bus: Option<String>,
+        /// Check the data and show what would be recorded; record nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// An RFC 9162 inclusion proof (--height) or consistency proof (--consistency OLD).
+    Proof {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long, conflicts_with = "consistency", required_unless_present = "consistency")]
+        height: Option<u64>,
+        /// The older tree size of a consistency proof.
+        #[arg(long, value_name = "OLD_SIZE")]
+        consistency: Option<u64>,
+        /// The tree size to prove against (default: the current size).
+        #[arg(long)]
+        size: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every block as JSON Lines, oldest first.
+    Export {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        from: Option<u64>,
+        #[arg(long)]
+        to: Option<u64>,
+        /// Write here instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Accepted for symmetry; export is always JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The D-Bus service (bpi-ledger.service).
+    Serve {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// A group whose members may append, besides root.
+        #[arg(long)]
+        admin_group: Option<String>,
+        /// A D-Bus address instead of the system bus.
+        #[arg(long, value_name = "ADDRESS")]
+        bus: Option<String>,
+        /// Do not set the append-only attribute on the log.
+        #[arg(long)]
+        no_append_only: bool,
+    },
+}
+
+pub fn run(cmd: LedgerCommand) -> Result<()> {
+    match cmd {
+        LedgerCommand::Show { store, category, from, to, since, until, last, stats, json } => {
+            show(&store.dir(), Filter { category, from, to, since, until, last }, stats, json)
+        }
+        LedgerCommand::Verify { store, public_key, json } => {
+            let report = verify::verify(&store.dir(), public_key.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            if !report.ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        LedgerCommand::Append { store, category, action, data, key, bus, dry_run, json } => {
+            append(&store, &category, &action, &data, key, bus.as_deref(), dry_run, json)
+        }
+        LedgerCommand::Proof { store, height, consistency, size, json } => {
+            let (log, _) = store::open_read(&store.dir())?;
+            let (value, ok) = match (height, consistency) {
+                (Some(h), _) => {
+                    let p = proof::inclusion(&log, h, size)?;
+                    (serde_json::to_value(&p)?, p.verify())
+                }
+                (None, Some(old)) => {
+                    let p = proof::consistency(&log, old, size)?;
+                    (serde_json::to_value(&p)?, p.verify())
+                }
+                (None, None) => bail!("give --height H or --consistency OLD_SIZE"),
+            };
+            if !ok {
+                bail!("the proof computed from {} does not verify: the store changed while it was read, or is damaged", store.dir().display());
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                for (k, v) in value.as_object().expect("a proof is an object") {
+                    println!("{k}: {v}");
+                }
+                println!("verified: yes");
+            }
+            Ok(())
+        }
+        LedgerCommand::Export { store, from, to, output, json: _ } => export(&store.dir(), from, to, output.as_deref()),
+        LedgerCommand::Serve { store, key, admin_group, bus, no_append_only } => service::serve(ServeOptions {
+            store: store.writer(key, !no_append_only),
+            admin_group,
+            bus,
+        }),
+    }
+}
+
+struct Filter {
+    category: Option<String>,
+    from: Option<u64>,
+    to: Option<u64>,
+    since: Option<u64>,
+    until: Option<u64>,
+    last: Option<usize>,
+}
+
+fn show(dir: &Path, f: Filter, stats: bool, json: bool) -> Result<()> {
+    let (log, problem) = store::open_read(dir)?;
+    if let Some(p) = &problem {
+        eprintln!(
+            "bpi-os: warning: the ledger is damaged at height {}: {}; showing the {} blocks before it (run `bpi-os ledger verify`)",
+            p.height,
+            p.what,
+            log.len()
+        );
+    }
+    if stats {
+        let s = log.stats();
+        if json {
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        } else {
+            println!("blocks: {} ({} bytes)", s.count, s.bytes);
+            if let (Some(a), Some(b)) = (s.first_timestamp, s.last_timestamp) {
+                println!("first: {}  last: {}", fmt_utc(a), fmt_utc(b));
+            }
+            println!("merkle root: {}", s.root);
+            for (c, n) in &s.per_category {
+                println!("  {c}: {n}");
+            }
+        }
+        return Ok(());
+    }
+    let mut heights: Vec<u64> = match &f.category {
+        Some(c) => log.heights_in_category(c),
+        None => (1..=log.len()).collect(),
+    };
+    let (lo, hi) = (f.from.unwrap_or(1), f.to.unwrap_or(u64::MAX));
+    let (t0, t1) = (f.since.unwrap_or(0), f.until.unwrap_or(u64::MAX));
+    heights.retain(|&h| (lo..=hi).contains(&h) && (t0..=t1).contains(&log.index.timestamps[(h - 1) as usize]));
+    if let Some(n) = f.last {
+        heights.drain(..heights.len().saturating_sub(n));
+    }
+    let mut out = std::io::stdout().lock();
+    if json {
+        let blocks: Vec<serde_json::Value> =
+            heights.iter().map(|&h| log.block(h).map(|b| b.to_json())).collect::<Result<_, _>>()?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&blocks)?)?;
+    } else {
+        for h in heights {
+            writeln!(out, "{}", one_line(&log.block(h)?))?;
+        }
+    }
+    Ok(())
+}
+
+fn one_line(b: &Block) -> String {
+    let d = &b.draft;
+    format!(
+        "#{:<6} {}  {}/{}  {}@{} pid {}  {}  {}",
+        b.height,
+        fmt_utc(d.timestamp),
+        d.category,
+        d.action,
+        d.user,
+        d.hostname,
+        d.pid,
+        &hex::encode(b.hash)[..16],
+        d.data
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn append(
+    store: &StoreArg,
+    category: &str,
+    action: &str,
+    data: &str,
+    key: Option<PathBuf>,
+    bus: Option<&str>,
+    dry_run: bool,
+    json: bool,
+) -> Result<()> {
+    // Checked here first so bad input fails the same way on every path.
+    let records = Plugins::default().prepare(category, data)?;
+    let probe = bpi_ledger::Draft::new("-", category, action, "-", String::new());
+    probe.check()?;
+    if dry_run {
+        for (producer, data) in &records {
+            println!("would record: {category}/{action} by {producer}: {data}");
+        }
+        return Ok(());
+    }
+    let (height, hash, via) = if store.store.is_none() {
+        match via_service(bus, category, action, data)? {
+            Some((h, hash)) => (h, hash, "bpi-ledger.service"),
+            None => {
+                let (r, _) = service::append_direct(store.writer(key, false), category, action, data)?;
+                (r.height, hex::encode(r.hash), "the store directly")
+            }
+        }
+    } else {
+        let (r, report) = service::append_direct(store.writer(key, false), category, action, data)?;
+        if let Some(cut) = report.cut {
+            eprintln!("bpi-os: note: {cut}");
+        }
+        (r.height, hex::encode(r.hash), "the store directly")
+    };
+    if json {
+        println!("{}", serde_json::json!({ "height": height, "hash": hash }));
+    } else {
+        println!("recorded block {height} ({hash}) through {via}");
+    }
+    Ok(())
+}
+
+/// Appends through the service; `None` when no service is on the bus.
+fn via_service(bus: Option<&str>, category: &str, action: &str, data: &str) -> Result<Option<(u64, String)>> {
+    let conn = match service::connect(bus) {
+        Ok(c) => c,
+        Err(_) if bus.is_none() => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("connecting to the bus at {}", bus.unwrap_or("system"))),
+    };
+    let proxy = Ledger1ProxyBlocking::new(&conn).context("making a ledger proxy")?;
+    match proxy.append(category, action, data) {
+        Ok(r) => Ok(Some(r)),
+        Err(zbus::Error::MethodError(name, msg, _)) if name.as_str() == "org.freedesktop.DBus.Error.ServiceUnknown" && bus.is_none() => {
+            let _ = msg;
+            Ok(None)
+        }
+        Err(zbus::Error::MethodError(name, msg, _)) => {
+            bail!("the ledger service refused: {} ({})", msg.unwrap_or_default(), name.as_str())
+        }
+        Err(e) => Err(e).context("appending through the ledger service"),
+    }
+}
+
+fn export(dir: &Path, from: Option<u64>, to: Option<u64>, output: Option<&Path>) -> Result<()> {
+    let (log, problem) = store::open_read(dir)?;
+    if let Some(p) = problem {
+        bail!("the ledger is damaged at height {}: {}; export refuses to copy a damaged record (run `bpi-os ledger verify`)", p.height, p.what);
+    }
+    let mut sink: Box<dyn Write> = match output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let (lo, hi) = (from.unwrap_or(1).max(1), to.unwrap_or(log.len()).min(log.len()));
+    for h in lo..=hi {
+        serde_json::to_writer(&mut sink, &log.block(h)?.to_json())?;
+        sink.write_all(b"\n")?;
+    }
+    sink.flush()?;
+    Ok(())
+}

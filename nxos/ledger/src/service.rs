@@ -1,0 +1,304 @@
+//! The ledger on the system bus (`bpi-os ledger serve`): the seed's verbs
+//! (section 4.2) plus append, proofs and checkpoints. Queries are open to
+//! everyone the bus policy lets through; append and checkpoint are for root or
+//! the admin group, checked here as well as by the policy file
+//! (units/dbus/org.bpi.os.Ledger1.conf), so a loose policy is not enough.
+
+use std::sync::Arc;
+
+use zbus::message::Header;
+use zbus::{fdo, interface, Connection};
+
+use crate::block::Draft;
+use crate::commit::Ledger;
+use crate::error::LedgerError;
+use crate::plugins::Plugins;
+use crate::store::{self, StoreOptions};
+use crate::{proof, verify};
+
+pub const BUS_NAME: &str = "org.bpi.os.Ledger1";
+pub const OBJECT_PATH: &str = "/org/bpi/os/Ledger1";
+/// The most blocks one query answer carries; page with height ranges.
+pub const MAX_BLOCKS_PER_ANSWER: usize = 10_000;
+
+pub struct LedgerService {
+    ledger: Arc<Ledger>,
+    plugins: Arc<Plugins>,
+    admin_gid: Option<u32>,
+}
+
+fn failed(e: LedgerError) -> fdo::Error {
+    match e {
+        LedgerError::BadData(_) | LedgerError::UnknownCategory { .. } => fdo::Error::InvalidArgs(e.to_string()),
+        LedgerError::Denied(_) => fdo::Error::AccessDenied(e.to_string()),
+        LedgerError::NotFound(_) => fdo::Error::InvalidArgs(e.to_string()),
+        _ => fdo::Error::Failed(e.to_string()),
+    }
+}
+
+fn blocks_json(ledger: &Ledger, heights: impl IntoIterator<Item = u64>) -> fdo::Result<String> {
+    let store = ledger.store();
+    let mut out = Vec::new();
+    for h in heights.into_iter().take(MAX_BLOCKS_PER_ANSWER) {
+        out.push(store.log().block(h).map_err(failed)?.to_json());
+    }
+    Ok(serde_json::Value::Array(out).to_string())
+}
+
+/// Who is calling: user id, user name, process id, and whether they may change the ledger.
+struct Caller {
+    uid: u32,
+    user: String,
+    pid: u32,
+    admin: bool,
+}
+
+impl LedgerService {
+    async fn caller(&self, header: &Header<'_>, conn: &Connection) -> fdo::Result<Caller> {
+        let sender = header.sender().ok_or_else(|| fdo::Error::AccessDenied("the call has no sender".into()))?;
+        let dbus = fdo::DBusProxy::new(conn).await?;
+        let creds = dbus.get_connection_credentials(sender.clone().into()).await?;
+        let uid = creds.unix_user_id().ok_or_else(|| fdo::Error::AccessDenied("the bus gave no caller uid".into()))?;
+        let user = nix::unistd::User::from_uid(uid.into()).ok().flatten();
+        let admin = uid == 0
+            || self.admin_gid.is_some_and(|gid| {
+                let in_creds = creds.unix_group_ids().is_some_and(|g| g.contains(&gid));
+                let primary = user.as_ref().is_some_and(|u| u.gid.as_raw() == gid);
+                in_creds || primary
+            });
+        Ok(Caller {
+            uid,
+            user: user.map(|u| u.name).unwrap_or_else(|| uid.to_string()),
+            pid: creds.process_id().unwrap_or(0),
+            admin,
+        })
+    }
+
+    async fn require_admin(&self, header: &Header<'_>, conn: &Connection, what: &str) -> fdo::Result<Caller> {
+        let caller = self.caller(header, conn).await?;
+        if !caller.admin {
+            return Err(fdo::Error::AccessDenied(format!(
+                "{what} is allowed to root{} only; uid {} ({}) may only query",
+                if self.admin_gid.is_some() { " and the ledger admin group" } else { "" },
+                caller.uid,
+                caller.user
+            )));
+        }
+        Ok(caller)
+    }
+}
+
+#[interface(name = "org.bpi.os.Ledger1")]
+impl LedgerService {
+    #[zbus(name = "ping")]
+    fn ping(&self) -> String {
+        "pong".into()
+    }
+
+    #[zbus(name = "get_blocks_by_category")]
+    async fn get_blocks_by_category(&self, category: String) -> fdo::Result<String> {
+        let ledger = self.ledger.clone();
+        blocking::unblock(move || {
+            let heights = ledger.store().log().heights_in_category(&category);
+            blocks_json(&ledger, heights)
+        })
+        .await
+    }
+
+    /// Blocks `from..=to` (heights start at 1).
+    #[zbus(name = "get_blocks_by_height")]
+    async fn get_blocks_by_height(&self, from: u64, to: u64) -> fdo::Result<String> {
+        let ledger = self.ledger.clone();
+        blocking::unblock(move || {
+            let len = ledger.store().log().len();
+            blocks_json(&ledger, from.max(1)..=to.min(len))
+        })
+        .await
+    }
+
+    /// The full verification report (JSON), as `bpi-os ledger verify --json`.
+    #[zbus(name = "verify_blockchain_integrity")]
+    async fn verify_blockchain_integrity(&self) -> fdo::Result<String> {
+        let dir = self.ledger.store().dir().to_path_buf();
+        let report = blocking::unblock(move || verify::verify(&dir, None)).await.map_err(failed)?;
+        Ok(serde_json::to_string(&report).expect("report serialises"))
+    }
+
+    #[zbus(name = "get_stats")]
+    fn get_stats(&self) -> String {
+        serde_json::to_string(&self.ledger.store().log().stats()).expect("stats serialise")
+    }
+
+    /// Records one operation; returns its height and hash once it is durable.
+    #[zbus(name = "append")]
+    async fn append(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        category: String,
+        action: String,
+        data: String,
+    ) -> fdo::Result<(u64, String)> {
+        let caller = self.require_admin(&header, conn, "appending to the ledger").await?;
+        let records = self.plugins.prepare(&category, &data).map_err(failed)?;
+        let ledger = self.ledger.clone();
+        blocking::unblock(move || {
+            let mut last = None;
+            for (producer, data) in records {
+                let mut d = Draft::new(&producer, &category, &action, &caller.user, data);
+                d.pid = caller.pid;
+                last = Some(ledger.append(d).map_err(failed)?);
+            }
+            let r = last.expect("a plugin returns at least one record");
+            Ok((r.height, hex::encode(r.hash)))
+        })
+        .await
+    }
+
+    /// RFC 9162 inclusion proof of block `height` in the tree of `tree_size`
+    /// blocks (0: the current size), as JSON.
+    #[zbus(name = "inclusion_proof")]
+    fn inclusion_proof(&self, height: u64, tree_size: u64) -> fdo::Result<String> {
+        let store = self.ledger.store();
+        let p = proof::inclusion(store.log(), height, (tree_size > 0).then_some(tree_size)).map_err(failed)?;
+        Ok(serde_json::to_string(&p).expect("proof serialises"))
+    }
+
+    /// RFC 9162 consistency proof from `old_size` to `new_size` (0: current), as JSON.
+    #[zbus(name = "consistency_proof")]
+    fn consistency_proof(&self, old_size: u64, new_size: u64) -> fdo::Result<String> {
+        let store = self.ledger.store();
+        let p = proof::consistency(store.log(), old_size, (new_size > 0).then_some(new_size)).map_err(failed)?;
+        Ok(serde_json::to_string(&p).expect("proof serialises"))
+    }
+
+    /// Signs a checkpoint of the current size now; returns the signed note.
+    #[zbus(name = "checkpoint")]
+    async fn checkpoint(&self, #[zbus(header)] header: Header<'_>, #[zbus(connection)] conn: &Connection) -> fdo::Result<String> {
+        self.require_admin(&header, conn, "signing a checkpoint").await?;
+        let ledger = self.ledger.clone();
+        blocking::unblock(move || ledger.store().checkpoint()).await.map_err(failed)
+    }
+
+    /// The verifier key auditors check checkpoints with.
+    #[zbus(name = "verifier_key")]
+    fn verifier_key(&self) -> String {
+        self.ledger.store().verifier().to_vkey()
+    }
+}
+
+/// Client side, for `bpi-os ledger append` when the service owns the store.
+#[zbus::proxy(interface = "org.bpi.os.Ledger1", default_service = "org.bpi.os.Ledger1", default_path = "/org/bpi/os/Ledger1")]
+pub trait Ledger1 {
+    #[zbus(name = "ping")]
+    fn ping(&self) -> zbus::Result<String>;
+    #[zbus(name = "append")]
+    fn append(&self, category: &str, action: &str, data: &str) -> zbus::Result<(u64, String)>;
+    #[zbus(name = "get_stats")]
+    fn get_stats(&self) -> zbus::Result<String>;
+    #[zbus(name = "get_blocks_by_category")]
+    fn get_blocks_by_category(&self, category: &str) -> zbus::Result<String>;
+    #[zbus(name = "get_blocks_by_height")]
+    fn get_blocks_by_height(&self, from: u64, to: u64) -> zbus::Result<String>;
+    #[zbus(name = "verify_blockchain_integrity")]
+    fn verify_blockchain_integrity(&self) -> zbus::Result<String>;
+    #[zbus(name = "inclusion_proof")]
+    fn inclusion_proof(&self, height: u64, tree_size: u64) -> zbus::Result<String>;
+    #[zbus(name = "checkpoint")]
+    fn checkpoint(&self) -> zbus::Result<String>;
+}
+
+/// A connection to the bus at `address`, or the system bus.
+pub fn connect(address: Option<&str>) -> zbus::Result<zbus::blocking::Connection> {
+    match address {
+        Some(a) => zbus::blocking::connection::Builder::address(a)?.build(),
+        None => zbus::blocking::Connection::system(),
+    }
+}
+
+pub struct ServeOptions {
+    pub store: StoreOptions,
+    pub admin_group: Option<String>,
+    /// A bus address instead of the system bus (tests use a private bus).
+    pub bus: Option<String>,
+}
+
+/// Runs the service until SIGTERM or SIGINT: opens the store, takes the bus
+/// name, tells systemd it is ready, and on the way out writes a checkpoint.
+pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use nix::sys::signal::{SigSet, Signal};
+
+    // Blocked before any thread starts, so every thread inherits the mask and
+    // the main thread alone takes the signal below.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.thread_block().context("blocking SIGTERM/SIGINT")?;
+
+    let admin_gid = match &opts.admin_group {
+        None => None,
+        Some(g) => Some(
+            nix::unistd::Group::from_name(g)
+                .ok()
+                .flatten()
+                .with_context(|| format!("admin group {g:?} does not exist"))?
+                .gid
+                .as_raw(),
+        ),
+    };
+    let dir = opts.store.dir.clone();
+    let (ledger, report) = Ledger::open(opts.store)?;
+    let note = |s: &str| bpi_support::progress::note(&format!("ledger: {s}"));
+    if let Some(cut) = &report.cut {
+        note(cut);
+    }
+    if let Some(why) = &report.append_only {
+        note(why);
+    }
+    note(&format!("{} holds {} blocks", dir.display(), report.blocks));
+    let ledger = Arc::new(ledger);
+    let service = LedgerService { ledger: ledger.clone(), plugins: Arc::new(Plugins::default()), admin_gid };
+    let builder = match &opts.bus {
+        Some(a) => zbus::blocking::connection::Builder::address(a.as_str())?,
+        None => zbus::blocking::connection::Builder::system()?,
+    };
+    let conn = builder
+        .name(BUS_NAME)?
+        .serve_at(OBJECT_PATH, service)?
+        .build()
+        .with_context(|| format!("taking {BUS_NAME} on the bus"))?;
+    bpi_support::notify::notify(&format!("READY=1\nSTATUS=serving {} blocks from {}", report.blocks, dir.display()))
+        .context("notifying systemd")?;
+    note(&format!("serving {BUS_NAME} at {OBJECT_PATH}"));
+
+    let sig = signals.wait().context("waiting for a signal")?;
+    note(&format!("{sig:?}: stopping"));
+    let _ = bpi_support::notify::notify("STOPPING=1");
+    drop(conn);
+    ledger.close()?;
+    let size = ledger.store().checkpointed();
+    note(&format!("closed with a checkpoint at size {size}"));
+    Ok(())
+}
+
+/// Opens a store for a one-off append (no service running): the CLI's path.
+pub fn append_direct(
+    opts: StoreOptions,
+    category: &str,
+    action: &str,
+    data: &str,
+) -> crate::Result<(store::Receipt, store::OpenReport)> {
+    let records = Plugins::default().prepare(category, data)?;
+    let (ledger, report) = Ledger::open(opts)?;
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map_or_else(|| nix::unistd::getuid().to_string(), |u| u.name);
+    let mut last = None;
+    for (producer, data) in records {
+        last = Some(ledger.append(Draft::new(&producer, category, action, &user, data))?);
+    }
+    ledger.close()?;
+    Ok((last.expect("a plugin returns at least one record"), report))
+}
