@@ -89,6 +89,13 @@ pub fn compose(inp: &StageInputs, root: &Path, boot_out: &Path) -> Result<BootFi
             enable.extend(preset_enables(&std::fs::read_to_string(&entry)?));
         } else if name.ends_with(".conf") && name.contains("tmpfiles") {
             install_file(&entry, &root.join("usr/lib/tmpfiles.d").join(&name), 0o644)?;
+        } else if name.ends_with(".conf") && name.contains("sysusers") {
+            install_file(&entry, &root.join("usr/lib/sysusers.d").join(&name), 0o644)?;
+        } else if name == "dbus" && entry.is_dir() {
+            for policy in sorted_entries(&entry)? {
+                let pname = policy.file_name().unwrap_or_default();
+                install_file(&policy, &root.join("usr/share/dbus-1/system.d").join(pname), 0o644)?;
+            }
         } else if entry.is_file() {
             install_file(&entry, &unit_dest.join(&name), 0o644)?;
         }
@@ -107,6 +114,9 @@ pub fn compose(inp: &StageInputs, root: &Path, boot_out: &Path) -> Result<BootFi
     std::fs::create_dir(root.join("var"))?;
     std::fs::set_permissions(root.join("var"), std::fs::Permissions::from_mode(0o755))?;
 
+    // Groups named by units and D-Bus policies exist from the first boot on,
+    // with the same ids in every build.
+    Cmd::new("systemd-sysusers").arg(format!("--root={}", root.display())).run()?;
     if !enable.is_empty() {
         Cmd::new("systemctl").arg(format!("--root={}", root.display())).arg("enable").args(&enable).run()?;
     }

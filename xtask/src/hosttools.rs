@@ -16,12 +16,17 @@ pub const BUILD: &[(&str, &str)] = &[
     ("qemu-img", "qemu-utils"),
     ("sfdisk", "fdisk"),
     ("systemctl", "systemd"),
+    ("systemd-sysusers", "systemd"),
     ("zstd", "zstd"),
 ];
 
 pub const TEST: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
+    // The ledger's D-Bus tests run a private bus and call it with dbus-send.
+    ("dbus-daemon", "dbus-daemon"),
+    ("dbus-send", "dbus-bin"),
+    ("chattr", "e2fsprogs"),
 ];
 
 fn present(what: &str) -> bool {

@@ -238,7 +238,8 @@ mod tests {
         assert_eq!(decode(&enc).unwrap(), (156, Some(prev), d.clone()));
         let h = block_hash(&enc);
         // Changing any one field changes the hash.
-        let variants: Vec<Box<dyn Fn(&mut Draft)>> = vec![
+        type Mutation = Box<dyn Fn(&mut Draft)>;
+        let variants: Vec<Mutation> = vec![
             Box::new(|d| d.timestamp += 1),
             Box::new(|d| d.producer.push('x')),
             Box::new(|d| d.category.push('x')),

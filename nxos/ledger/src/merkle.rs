@@ -55,7 +55,7 @@ impl Tree {
         }
         self.levels[0].push(leaf);
         let mut k = 0;
-        while self.levels[k].len() % 2 == 0 {
+        while self.levels[k].len().is_multiple_of(2) {
             let l = &self.levels[k];
             let parent = node_hash(&l[l.len() - 2], &l[l.len() - 1]);
             if self.levels.len() == k + 1 {
@@ -83,7 +83,7 @@ impl Tree {
         if n == 0 {
             return empty_root();
         }
-        if n.is_power_of_two() && a % n == 0 {
+        if n.is_power_of_two() && a.is_multiple_of(n) {
             let k = n.trailing_zeros() as usize;
             return self.levels[k][(a >> k) as usize];
         }

@@ -223,8 +223,6 @@ impl Store {
             if let Err(e) = set_append_only(&log.file, true) {
                 report.append_only = Some(format!("the append-only attribute could not be set on {}: {e}", path.display()));
             }
-        } else {
-            report.append_only = Some("append-only attribute not requested".into());
         }
         let checkpointed = checkpoint.map_or(0, |c| c.size);
         let store = Store {
@@ -269,8 +267,9 @@ impl Store {
                 out.push(Err(e));
                 continue;
             }
-            let height = self.log.len() + pending.len() as u64 + 1;
-            let prev = pending.last().map(|r: &Receipt| r.hash).or(self.log.index.last_hash);
+            // The index already holds this batch's earlier drafts.
+            let height = self.log.len() + 1;
+            let prev = self.log.index.last_hash;
             self.encoded.clear();
             block::encode(height, prev.as_ref(), d, &mut self.encoded);
             let hash = block::block_hash(&self.encoded);
