@@ -195,6 +195,19 @@ impl Vm<'_> {
             found.push(format!("failed units: {}", failed.trim()));
         }
         if !found.is_empty() {
+            // Each failed unit's own log says why; fetch it now, while the VM runs.
+            let mut units: Vec<&str> = journal
+                .lines()
+                .filter_map(|l| l.split("Failed to start ").nth(1)?.split_whitespace().next())
+                .filter(|u| u.contains('.'))
+                .collect();
+            units.extend(failed.lines().filter_map(|l| l.split_whitespace().next()));
+            units.sort();
+            units.dedup();
+            for u in units {
+                let log = self.sh(&format!("journalctl -b -u {u} -n 15 --no-pager -o cat || true"))?;
+                found.push(format!("journal of {u}:\n    {}", log.trim().replace('\n', "\n    ")));
+            }
             bail!("trouble in the logs of boot {}:\n  {}", self.boot_no, found.join("\n  "));
         }
         Ok(())

@@ -69,6 +69,7 @@ fn boots_read_only_verity_root_and_keeps_state_across_reboot() -> Result<()> {
         ensure!(stat.lines().any(|l| l == want), "expected `{want}` in the guest; got:\n{stat}");
     }
     ensure!(vm.sh("findmnt -no FSTYPE /bpi/runtime")?.trim() == "tmpfs");
+    ensure!(vm.sh("findmnt -no FSTYPE /tmp")?.trim() == "tmpfs", "/tmp is not a writable tmpfs");
     ensure!(vm.sh("findmnt -no FSTYPE /etc")?.trim() == "overlay");
     ensure!(vm.sh("findmnt -no FSTYPE /bpi/data")?.trim() == "ext4");
 

@@ -30,10 +30,6 @@ fn frames(dir: &Path) -> Vec<std::ops::Range<usize>> {
     s.frames.iter().map(|(off, r)| *off as usize..r.end).collect()
 }
 
-fn first_bad(dir: &Path) -> Option<u64> {
-    verify::verify(dir, None).unwrap().first_bad.map(|b| b.height)
-}
-
 #[test]
 fn a_clean_store_verifies_and_reopens() {
     let dir = tempfile::tempdir().unwrap();
