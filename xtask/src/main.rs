@@ -1,6 +1,7 @@
 //! Developer and CI entry points. `cargo xtask build-image` and
 //! `cargo xtask test` are the two commands the README opens with.
 
+mod bench_cmd;
 mod hosttools;
 mod image_cmd;
 mod test_cmd;
@@ -29,6 +30,8 @@ enum Command {
     Test(test_cmd::TestArgs),
     /// Only the QEMU suite, against the image already built.
     QemuTest(test_cmd::QemuArgs),
+    /// Benchmarks, as ratios against reference tools run alongside.
+    Bench,
 }
 
 fn main() {
@@ -38,6 +41,7 @@ fn main() {
         Command::Lock { mirror } => image_cmd::lock(mirror.as_deref()),
         Command::Test(args) => test_cmd::test(&args),
         Command::QemuTest(args) => test_cmd::qemu_test(&args),
+        Command::Bench => bench_cmd::bench(),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

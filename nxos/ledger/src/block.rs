@@ -117,8 +117,23 @@ pub fn block_hash(encoded: &[u8]) -> Hash {
     Sha256::digest(encoded).into()
 }
 
-/// Reads the canonical encoding back; `Err` says which field is malformed.
-pub fn decode(bytes: &[u8]) -> Result<(u64, Option<Hash>, Draft), String> {
+/// A block's encoding split into its fields, borrowed: checking a whole log
+/// walks every block without allocating.
+pub struct Raw<'a> {
+    pub height: u64,
+    pub timestamp: u64,
+    pub prev_hash: Option<Hash>,
+    pub producer: &'a str,
+    pub category: &'a str,
+    pub action: &'a str,
+    pub user: &'a str,
+    pub hostname: &'a str,
+    pub pid: u32,
+    pub data: &'a str,
+}
+
+/// Splits the canonical encoding into fields; `Err` says which is malformed.
+pub fn walk(bytes: &[u8]) -> Result<Raw<'_>, String> {
     let mut r = Reader { b: bytes, at: 0 };
     if r.take(TAG.len())? != TAG {
         return Err("does not start with the block tag".into());
@@ -141,8 +156,23 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Option<Hash>, Draft), String> {
     if r.at != bytes.len() {
         return Err(format!("{} bytes after the last field", bytes.len() - r.at));
     }
-    let draft = Draft { timestamp, producer, category, action, user, hostname, pid, data };
-    Ok((height, prev_hash, draft))
+    Ok(Raw { height, timestamp, prev_hash, producer, category, action, user, hostname, pid, data })
+}
+
+/// Reads the canonical encoding back into an owned draft.
+pub fn decode(bytes: &[u8]) -> Result<(u64, Option<Hash>, Draft), String> {
+    let r = walk(bytes)?;
+    let draft = Draft {
+        timestamp: r.timestamp,
+        producer: r.producer.into(),
+        category: r.category.into(),
+        action: r.action.into(),
+        user: r.user.into(),
+        hostname: r.hostname.into(),
+        pid: r.pid,
+        data: r.data.into(),
+    };
+    Ok((r.height, r.prev_hash, draft))
 }
 
 struct Reader<'a> {
@@ -164,9 +194,9 @@ impl<'a> Reader<'a> {
         let n = u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")) as usize;
         self.take(n)
     }
-    fn text(&mut self, name: &str) -> Result<String, String> {
+    fn text(&mut self, name: &str) -> Result<&'a str, String> {
         let f = self.field()?;
-        String::from_utf8(f.to_vec()).map_err(|_| format!("{name} is not UTF-8"))
+        std::str::from_utf8(f).map_err(|_| format!("{name} is not UTF-8"))
     }
 }
 

@@ -45,15 +45,19 @@ impl Ledger {
 
     /// Appends one draft; returns once it is durable.
     pub fn append(&self, draft: Draft) -> Result<Receipt> {
+        self.submit(draft).wait()
+    }
+
+    /// Queues one draft and returns at once; [`Pending::wait`] returns when
+    /// it is durable. One caller can keep many appends in flight (as an async
+    /// server does with concurrent calls), and they share syncs.
+    pub fn submit(&self, draft: Draft) -> Pending {
         let (reply, rx) = mpsc::sync_channel(1);
         let sent = match &*self.tx.lock().expect("ledger sender lock") {
             Some(tx) => tx.send(Request { draft, reply }).is_ok(),
             None => false,
         };
-        if !sent {
-            return Err(LedgerError::Poisoned("the ledger is closed".into()));
-        }
-        rx.recv().unwrap_or_else(|_| Err(LedgerError::Poisoned("the commit thread stopped".into())))
+        Pending { rx: sent.then_some(rx) }
     }
 
     /// The store, for queries. Held briefly: appends wait while it is held.
@@ -68,6 +72,21 @@ impl Ledger {
             let _ = h.join();
         }
         self.store().checkpoint().map(|_| ())
+    }
+}
+
+/// An append on its way to disk.
+pub struct Pending {
+    rx: Option<mpsc::Receiver<Result<Receipt>>>,
+}
+
+impl Pending {
+    /// Blocks until the append is durable (or failed).
+    pub fn wait(self) -> Result<Receipt> {
+        match self.rx {
+            None => Err(LedgerError::Poisoned("the ledger is closed".into())),
+            Some(rx) => rx.recv().unwrap_or_else(|_| Err(LedgerError::Poisoned("the commit thread stopped".into()))),
+        }
     }
 }
 

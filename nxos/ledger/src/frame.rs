@@ -39,9 +39,10 @@ pub struct Scan {
     pub tail: Tail,
 }
 
-/// Splits `buf` (a whole log file) into frames, stopping at the first bad one.
+/// Splits `buf` (a whole log file) into frames, stopping at the first bad
+/// one. Lengths are walked in order; checksums are checked in parallel.
 pub fn scan(buf: &[u8]) -> Scan {
-    let mut frames = Vec::new();
+    let mut frames = Vec::with_capacity(buf.len() / 256);
     let mut at = 0usize;
     let tail = loop {
         let rest = &buf[at..];
@@ -53,7 +54,6 @@ pub fn scan(buf: &[u8]) -> Scan {
             break torn("incomplete record header");
         }
         let len = u32::from_be_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_be_bytes(rest[4..8].try_into().expect("4 bytes"));
         if !(MIN_PAYLOAD..=MAX_PAYLOAD).contains(&len) {
             if rest.iter().all(|&b| b == 0) {
                 break torn("zero-filled tail");
@@ -63,18 +63,42 @@ pub fn scan(buf: &[u8]) -> Scan {
         if rest.len() < HEADER + len {
             break torn("record runs past the end of the file");
         }
-        let payload = &rest[HEADER..HEADER + len];
-        if crc32fast::hash(payload) != crc {
-            let last = rest.len() == HEADER + len;
-            if last && payload[len - ZERO_TAIL..].iter().all(|&b| b == 0) {
-                break torn("record cut short (zero-filled)");
-            }
-            break Tail::Damaged { offset: at as u64, why: "record checksum mismatch".into() };
-        }
         frames.push((at as u64, at + HEADER..at + HEADER + len));
         at += HEADER + len;
     };
-    Scan { frames, tail }
+    match first_bad_checksum(buf, &frames) {
+        None => Scan { frames, tail },
+        Some(i) => {
+            let (offset, range) = frames[i].clone();
+            let last = range.end == buf.len();
+            let tail = if last && buf[range.end - ZERO_TAIL..range.end].iter().all(|&b| b == 0) {
+                Tail::Torn { offset, bytes: (buf.len() as u64) - offset, why: "record cut short (zero-filled)" }
+            } else {
+                Tail::Damaged { offset, why: "record checksum mismatch".into() }
+            };
+            frames.truncate(i);
+            Scan { frames, tail }
+        }
+    }
+}
+
+fn crc_ok(buf: &[u8], (offset, range): &(u64, std::ops::Range<usize>)) -> bool {
+    let at = *offset as usize;
+    let want = u32::from_be_bytes(buf[at + 4..at + 8].try_into().expect("4 bytes"));
+    crc32fast::hash(&buf[range.clone()]) == want
+}
+
+fn first_bad_checksum(buf: &[u8], frames: &[(u64, std::ops::Range<usize>)]) -> Option<usize> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let chunk = frames.len().div_ceil(workers).max(16 * 1024);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = frames
+            .chunks(chunk)
+            .enumerate()
+            .map(|(k, part)| s.spawn(move || part.iter().position(|f| !crc_ok(buf, f)).map(|i| k * chunk + i)))
+            .collect();
+        parts.into_iter().filter_map(|p| p.join().expect("checksum worker panicked")).min()
+    })
 }
 
 #[cfg(test)]

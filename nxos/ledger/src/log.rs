@@ -87,98 +87,146 @@ pub struct Loaded {
     pub problem: Option<Problem>,
 }
 
-/// The fields of one frame that the chain check needs.
-struct Meta {
-    height: u64,
-    prev: Option<Hash>,
-    stored: Hash,
-    computed: Hash,
-    timestamp: u64,
-    category_at: std::ops::Range<usize>,
+/// What one worker found in its run of frames: the first problem (as an
+/// index into the run), and the hashes at its edges for the joins.
+struct Run {
+    problem: Option<(usize, String)>,
+    first_prev: Option<Hash>,
+    last_hash: Option<Hash>,
+    names: Vec<String>,
 }
 
-fn meta(payload: &[u8], base: usize) -> Result<Meta, String> {
-    let (content, stored) = payload.split_at(payload.len() - 32);
-    let (height, prev, d) = block::decode(content)?;
-    // Where the category sits inside `payload`, so it can be interned later
-    // without keeping a String per block.
-    let needle = d.category.as_bytes();
-    let at = find_field(content, needle).ok_or("category field not where the encoding puts it")?;
-    Ok(Meta {
-        height,
-        prev,
-        stored: stored.try_into().expect("32 bytes"),
-        computed: block::block_hash(content),
-        timestamp: d.timestamp,
-        category_at: base + at..base + at + needle.len(),
-    })
-}
-
-fn find_field(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    // The category is the third length-prefixed field after tag, height and time.
-    let mut at = block::TAG.len() + 16;
-    for _ in 0..2 {
-        let n = u32::from_be_bytes(hay.get(at..at + 4)?.try_into().ok()?) as usize;
-        at += 4 + n;
-    }
-    let n = u32::from_be_bytes(hay.get(at..at + 4)?.try_into().ok()?) as usize;
-    (hay.get(at + 4..at + 4 + n)? == needle).then_some(at + 4)
-}
-
-/// Scans and checks a whole log held in memory.
-pub fn load(buf: &[u8]) -> Loaded {
-    let scan = frame::scan(buf);
-    // Hashing dominates; split it over the cores, then check the chain in order.
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-    let chunk = scan.frames.len().div_ceil(workers).max(1);
-    let metas: Vec<Result<Meta, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = scan
-            .frames
-            .chunks(chunk)
-            .map(|part| s.spawn(move || part.iter().map(|(_, r)| meta(&buf[r.clone()], r.start)).collect::<Vec<_>>()))
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("hash worker panicked")).collect()
-    });
-
-    let mut index = Index::default();
-    let mut problem = None;
-    for (i, (m, (offset, range))) in metas.into_iter().zip(&scan.frames).enumerate() {
-        let expect = i as u64 + 1;
-        let bad = |what: String| Some(Problem { height: expect, offset: *offset, what });
-        let m = match m {
-            Ok(m) => m,
+/// Checks frames `first..` of the log (height = index + 1) and fills the
+/// per-block slices; chain links are checked inside the run, the joins between
+/// runs by the caller.
+fn check_run(
+    buf: &[u8],
+    frames: &[(u64, std::ops::Range<usize>)],
+    first: usize,
+    leaves: &mut [Hash],
+    timestamps: &mut [u64],
+    categories: &mut [u16],
+) -> Run {
+    let mut run = Run { problem: None, first_prev: None, last_hash: None, names: Vec::new() };
+    for (i, (_, range)) in frames.iter().enumerate() {
+        let expect = (first + i) as u64 + 1;
+        let payload = &buf[range.clone()];
+        let (content, stored) = payload.split_at(payload.len() - 32);
+        let stored: Hash = stored.try_into().expect("32 bytes");
+        let raw = match block::walk(content) {
+            Ok(r) => r,
             Err(why) => {
-                problem = bad(format!("the record does not decode: {why}"));
+                run.problem = Some((i, format!("the record does not decode: {why}")));
                 break;
             }
         };
-        if m.height != expect {
-            problem = bad(if m.height > expect {
-                format!("block {expect} is missing: the record here is block {}", m.height)
-            } else {
-                format!("the record here is block {}, out of order", m.height)
-            });
+        if raw.height != expect {
+            run.problem = Some((
+                i,
+                if raw.height > expect {
+                    format!("block {expect} is missing: the record here is block {}", raw.height)
+                } else {
+                    format!("the record here is block {}, out of order", raw.height)
+                },
+            ));
             break;
         }
-        if m.prev != index.last_hash {
-            problem = bad("prev_hash does not match the hash of the block before it".into());
+        if i == 0 {
+            run.first_prev = raw.prev_hash;
+        } else if raw.prev_hash != run.last_hash {
+            run.problem = Some((i, "prev_hash does not match the hash of the block before it".into()));
             break;
         }
-        if m.computed != m.stored {
-            problem = bad("the block's content does not match its hash".into());
+        if block::block_hash(content) != stored {
+            run.problem = Some((i, "the block's content does not match its hash".into()));
             break;
         }
-        let category = std::str::from_utf8(&buf[m.category_at]).unwrap_or("?");
-        index.push(*offset, (frame::HEADER + range.len()) as u64, m.stored, m.timestamp, category);
-    }
-    if problem.is_none() {
-        let height = index.len() + 1;
-        match &scan.tail {
-            Tail::Clean => {}
-            Tail::Damaged { offset, why } => {
-                problem = Some(Problem { height, offset: *offset, what: why.clone() });
+        let id = match run.names.iter().position(|c| c == raw.category) {
+            Some(id) => id,
+            None => {
+                run.names.push(raw.category.to_string());
+                run.names.len() - 1
             }
-            Tail::Torn { .. } => {}
+        };
+        categories[i] = id as u16;
+        timestamps[i] = raw.timestamp;
+        leaves[i] = merkle::leaf_hash(&stored);
+        run.last_hash = Some(stored);
+    }
+    run
+}
+
+/// Scans and checks a whole log held in memory. Hashing dominates, so the
+/// frames are split into one run per core, each checked in place.
+pub fn load(buf: &[u8]) -> Loaded {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let n = buf.len() / 256;
+    load_in_runs(buf, workers.min(n.div_ceil(4096)).max(1))
+}
+
+fn load_in_runs(buf: &[u8], runs: usize) -> Loaded {
+    let scan = frame::scan(buf);
+    let n = scan.frames.len();
+    let chunk = n.div_ceil(runs).max(1);
+    let mut leaves = vec![[0u8; 32]; n];
+    let mut timestamps = vec![0u64; n];
+    let mut categories = vec![0u16; n];
+    let runs: Vec<Run> = std::thread::scope(|s| {
+        let handles: Vec<_> = scan
+            .frames
+            .chunks(chunk)
+            .zip(leaves.chunks_mut(chunk))
+            .zip(timestamps.chunks_mut(chunk))
+            .zip(categories.chunks_mut(chunk))
+            .enumerate()
+            .map(|(k, (((f, l), t), c))| s.spawn(move || check_run(buf, f, k * chunk, l, t, c)))
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("ledger check worker panicked")).collect()
+    });
+
+    // Join the runs in order: the first problem wins; runs after it are dropped.
+    let mut index = Index::default();
+    let mut good = 0usize;
+    let mut problem = None;
+    let mut last: Option<Hash> = None;
+    for (k, run) in runs.into_iter().enumerate() {
+        let start = k * chunk;
+        let len = (n - start).min(chunk);
+        let join_ok = run.problem.as_ref().is_some_and(|(i, _)| *i == 0) || run.first_prev == last;
+        let (ok_len, bad) = if !join_ok {
+            (0, Some("prev_hash does not match the hash of the block before it".to_string()))
+        } else {
+            match run.problem {
+                Some((i, why)) => (i, Some(why)),
+                None => (len, None),
+            }
+        };
+        let ids: Vec<u16> = run.names.iter().map(|name| index.category_id(name)).collect();
+        for c in &mut categories[start..start + ok_len] {
+            *c = ids[*c as usize];
+        }
+        good = start + ok_len;
+        if ok_len > 0 {
+            last = run.last_hash;
+        }
+        if let Some(what) = bad {
+            let offset = scan.frames[good].0;
+            problem = Some(Problem { height: good as u64 + 1, offset, what });
+            break;
+        }
+    }
+    leaves.truncate(good);
+    timestamps.truncate(good);
+    categories.truncate(good);
+    index.offsets = scan.frames[..good].iter().map(|(o, _)| *o).collect();
+    index.end = scan.frames[..good].last().map_or(0, |(_, r)| r.end as u64);
+    index.last_hash = last;
+    index.timestamps = timestamps;
+    index.categories = categories;
+    index.tree = Tree::from_leaves(leaves);
+    if problem.is_none() {
+        if let Tail::Damaged { offset, why } = &scan.tail {
+            problem = Some(Problem { height: index.len() + 1, offset: *offset, what: why.clone() });
         }
     }
     Loaded { index, tail: scan.tail, problem }
@@ -192,12 +240,33 @@ pub struct Log {
 }
 
 impl Log {
+    /// The whole file (empty if there is none). Large files are read in
+    /// parallel slices: faulting in the fresh buffer's pages, not the copy,
+    /// is what costs, and it splits over the cores.
     pub fn read_all(path: &Path) -> Result<Vec<u8>> {
-        match std::fs::read(path) {
-            Ok(b) => Ok(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(LedgerError::io(format!("reading {}", path.display()), e)),
-        }
+        let ctx = || format!("reading {}", path.display());
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(LedgerError::io(ctx(), e)),
+        };
+        let len = file.metadata().ctx(ctx)?.len() as usize;
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        let slice = len.div_ceil(workers).max(8 << 20);
+        let mut buf = vec![0u8; len];
+        std::thread::scope(|s| {
+            let parts: Vec<_> = buf
+                .chunks_mut(slice)
+                .enumerate()
+                .map(|(i, part)| {
+                    let file = &file;
+                    s.spawn(move || file.read_exact_at(part, (i * slice) as u64))
+                })
+                .collect();
+            parts.into_iter().try_for_each(|p| p.join().expect("reader thread panicked"))
+        })
+        .ctx(ctx)?;
+        Ok(buf)
     }
 
     pub fn len(&self) -> u64 {
@@ -277,4 +346,75 @@ pub struct Stats {
     pub last_timestamp: Option<u64>,
     pub per_category: BTreeMap<String, u64>,
     pub root: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, StoreOptions};
+    use crate::Draft;
+
+    fn log_bytes(n: u64) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Store::open(StoreOptions::new(dir.path())).unwrap();
+        let cats = ["settings", "policy", "settings", "user"];
+        let drafts: Vec<Draft> = (0..n)
+            .map(|i| {
+                let c = cats[(i % 4) as usize];
+                Draft::new("p", c, "set", "root", format!(r#"{{"key":"k{i}","value":{i}}}"#))
+            })
+            .collect();
+        for r in s.append_batch(&drafts) {
+            r.unwrap();
+        }
+        std::fs::read(dir.path().join(LOG_FILE)).unwrap()
+    }
+
+    fn summary(l: &Loaded) -> (u64, Option<(u64, String)>, Hash, Vec<String>, Vec<u64>) {
+        let cats = (0..l.index.len() as usize)
+            .map(|i| l.index.category_names[l.index.categories[i] as usize].clone())
+            .collect();
+        (
+            l.index.len(),
+            l.problem.as_ref().map(|p| (p.height, p.what.clone())),
+            l.index.root(),
+            cats,
+            l.index.timestamps.clone(),
+        )
+    }
+
+    #[test]
+    fn checking_in_runs_finds_exactly_what_one_pass_finds() {
+        let good = log_bytes(23);
+        let frames: Vec<_> = frame::scan(&good).frames;
+        let mut variants = vec![good.clone()];
+        for (k, (off, r)) in frames.iter().enumerate() {
+            let mut flipped = good.clone();
+            flipped[r.start + 40] ^= 1;
+            variants.push(flipped);
+            let mut dropped = good[..*off as usize].to_vec();
+            dropped.extend_from_slice(&good[r.end..]);
+            variants.push(dropped);
+            if let Some((_, r2)) = frames.get(k + 1) {
+                let mut swapped = good[..*off as usize].to_vec();
+                swapped.extend_from_slice(&good[r.end..r2.end]);
+                swapped.extend_from_slice(&good[*off as usize..r.end]);
+                swapped.extend_from_slice(&good[r2.end..]);
+                variants.push(swapped);
+            }
+        }
+        for (v, buf) in variants.iter().enumerate() {
+            let one = summary(&load_in_runs(buf, 1));
+            for runs in 2..=7 {
+                assert_eq!(summary(&load_in_runs(buf, runs)), one, "variant {v}, {runs} runs");
+            }
+            if v == 0 {
+                assert_eq!(one.0, 23);
+                assert!(one.1.is_none());
+            } else if v != variants.len() - 1 {
+                // (The last variant drops the last block: only a checkpoint sees that.)
+                assert!(one.1.is_some(), "variant {v} passed");
+            }
+        }
+    }
 }
