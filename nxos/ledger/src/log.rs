@@ -370,7 +370,9 @@ mod tests {
         std::fs::read(dir.path().join(LOG_FILE)).unwrap()
     }
 
-    fn summary(l: &Loaded) -> (u64, Option<(u64, String)>, Hash, Vec<String>, Vec<u64>) {
+    type Summary = (u64, Option<(u64, String)>, Hash, Vec<String>, Vec<u64>);
+
+    fn summary(l: &Loaded) -> Summary {
         let cats = (0..l.index.len() as usize)
             .map(|i| l.index.category_names[l.index.categories[i] as usize].clone())
             .collect();

@@ -132,13 +132,24 @@ pub fn writer_active(dir: &Path) -> bool {
 
 /// Reads the newest checkpoint of `dir` and checks it against the log.
 /// `Ok(None)` when the store has none yet.
-pub fn check_checkpoint(dir: &Path, verifier: &NoteVerifier, log: &Log) -> Result<Option<Checkpoint>, String> {
+pub fn check_checkpoint(
+    dir: &Path,
+    verifier: &NoteVerifier,
+    log: &Log,
+    damaged_at: Option<u64>,
+) -> Result<Option<Checkpoint>, String> {
     let text = match std::fs::read_to_string(dir.join(CHECKPOINT_FILE)) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read the checkpoint: {e}")),
     };
     let cp = verifier.verify(&text).map_err(|e| e.to_string())?;
+    if let Some(h) = damaged_at.filter(|&h| cp.size >= h) {
+        return Err(format!(
+            "the signed checkpoint covers {} blocks; it cannot be checked past the damage at height {h}",
+            cp.size
+        ));
+    }
     if cp.size > log.len() {
         return Err(format!(
             "the signed checkpoint covers {} blocks but the log holds {}: blocks {}..={} were removed",
@@ -197,7 +208,7 @@ impl Store {
             return Err(damaged(dir, p));
         }
         let log = Log { path: path.clone(), file, index: loaded.index };
-        let checkpoint = check_checkpoint(dir, &signer.verifier(), &log).map_err(|what| LedgerError::Damaged {
+        let checkpoint = check_checkpoint(dir, &signer.verifier(), &log, None).map_err(|what| LedgerError::Damaged {
             path: dir_path(dir),
             height: log.len() + 1,
             what,

@@ -50,7 +50,7 @@ pub fn verify(dir: &Path, vkey: Option<&Path>) -> Result<Report> {
             Err(e) => CheckpointStatus { present, ok: false, size: None, verifier: None, problem: Some(e.to_string()) },
             Ok(v) => {
                 let verifier = Some(v.to_vkey());
-                match store::check_checkpoint(dir, &v, &log) {
+                match store::check_checkpoint(dir, &v, &log, problem.as_ref().map(|p| p.height)) {
                     Ok(cp) => CheckpointStatus { present, ok: true, size: cp.map(|c| c.size), verifier, problem: None },
                     Err(why) => CheckpointStatus { present, ok: false, size: None, verifier, problem: Some(why) },
                 }
