@@ -35,69 +35,22 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e3
 }
 
-/// Appends from `threads` threads for RUN; returns (appends/s, sorted latencies).
-fn group_commit(dir: &Path, threads: usize) -> (f64, Vec<Duration>) {
+/// Runs `clients` threads against a fresh ledger for RUN; each runs `client`
+/// until told to stop and returns its latencies. Returns (appends/s, sorted latencies).
+fn drive<F>(dir: &Path, clients: usize, client: F) -> (f64, Vec<Duration>)
+where
+    F: Fn(&Ledger, &AtomicBool, u64) -> Vec<Duration> + Send + Sync + 'static,
+{
     let _ = std::fs::remove_dir_all(dir);
     let (ledger, _) = Ledger::open(StoreOptions::new(dir)).unwrap();
     let ledger = Arc::new(ledger);
     let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..threads)
-        .map(|t| {
-            let (l, stop) = (ledger.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut lat = Vec::new();
-                let mut i = t as u64 * 1_000_000_000;
-                while !stop.load(Ordering::Relaxed) {
-                    let t0 = Instant::now();
-                    l.append(draft(i)).unwrap();
-                    lat.push(t0.elapsed());
-                    i += 1;
-                }
-                lat
-            })
-        })
-        .collect();
-    std::thread::sleep(RUN);
-    stop.store(true, Ordering::Relaxed);
-    let mut lat: Vec<Duration> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
-    let secs = started.elapsed().as_secs_f64();
-    ledger.close().unwrap();
-    let n = lat.len();
-    lat.sort();
-    (n as f64 / secs, lat)
-}
-
-/// `clients` threads, each keeping `window` appends in flight (as an async
-/// server's concurrent calls would); latency is submit to durable.
-fn pipelined(dir: &Path, clients: usize, window: usize) -> (f64, Vec<Duration>) {
-    let _ = std::fs::remove_dir_all(dir);
-    let (ledger, _) = Ledger::open(StoreOptions::new(dir)).unwrap();
-    let ledger = Arc::new(ledger);
-    let stop = Arc::new(AtomicBool::new(false));
+    let client = Arc::new(client);
     let started = Instant::now();
     let workers: Vec<_> = (0..clients)
         .map(|t| {
-            let (l, stop) = (ledger.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut lat = Vec::new();
-                let mut inflight = std::collections::VecDeque::with_capacity(window);
-                let mut i = t as u64 * 1_000_000_000;
-                while !stop.load(Ordering::Relaxed) {
-                    while inflight.len() < window {
-                        inflight.push_back((Instant::now(), l.submit(draft(i))));
-                        i += 1;
-                    }
-                    let (t0, p) = inflight.pop_front().unwrap();
-                    p.wait().unwrap();
-                    lat.push(t0.elapsed());
-                }
-                for (t0, p) in inflight {
-                    p.wait().unwrap();
-                    lat.push(t0.elapsed());
-                }
-                lat
-            })
+            let (l, stop, client) = (ledger.clone(), stop.clone(), client.clone());
+            std::thread::spawn(move || client(&l, &stop, t as u64 * 1_000_000_000))
         })
         .collect();
     std::thread::sleep(RUN);
@@ -107,6 +60,43 @@ fn pipelined(dir: &Path, clients: usize, window: usize) -> (f64, Vec<Duration>) 
     ledger.close().unwrap();
     lat.sort();
     (lat.len() as f64 / secs, lat)
+}
+
+/// One append at a time per thread, `threads` threads.
+fn group_commit(dir: &Path, threads: usize) -> (f64, Vec<Duration>) {
+    drive(dir, threads, |l, stop, mut i| {
+        let mut lat = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let t0 = Instant::now();
+            l.append(draft(i)).unwrap();
+            lat.push(t0.elapsed());
+            i += 1;
+        }
+        lat
+    })
+}
+
+/// `clients` threads, each keeping `window` appends in flight (as an async
+/// server's concurrent calls would); latency is submit to durable.
+fn pipelined(dir: &Path, clients: usize, window: usize) -> (f64, Vec<Duration>) {
+    drive(dir, clients, move |l, stop, mut i| {
+        let mut lat = Vec::new();
+        let mut inflight = std::collections::VecDeque::with_capacity(window);
+        while !stop.load(Ordering::Relaxed) {
+            while inflight.len() < window {
+                inflight.push_back((Instant::now(), l.submit(draft(i))));
+                i += 1;
+            }
+            let (t0, p) = inflight.pop_front().unwrap();
+            p.wait().unwrap();
+            lat.push(t0.elapsed());
+        }
+        for (t0, p) in inflight {
+            p.wait().unwrap();
+            lat.push(t0.elapsed());
+        }
+        lat
+    })
 }
 
 /// SQLite, one connection, autocommit inserts: each insert is one durable transaction.
