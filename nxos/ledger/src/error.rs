@@ -12,13 +12,12 @@ pub enum LedgerError {
     Damaged { path: String, height: u64, what: String },
     #[error("the ledger at {path} is in use by another writer ({holder}); append through `bpi-ledger.service` (omit --store) or stop it")]
     Busy { path: String, holder: String },
-    #[error("permission denied: {0}")]
-    Denied(String),
     #[error("the ledger writer failed earlier ({0}); restart it so it re-reads the store")]
     Poisoned(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("{context}: {source}")]
+    // The source is printed by the error chain (`{:#}`), not repeated here.
+    #[error("{context}")]
     Io {
         context: String,
         #[source]
@@ -27,6 +26,17 @@ pub enum LedgerError {
 }
 
 impl LedgerError {
+    /// The message with its causes, for callers that do not print error chains (D-Bus).
+    pub fn full(&self) -> String {
+        let mut s = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            s.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        s
+    }
+
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         LedgerError::Io { context: context.into(), source }
     }

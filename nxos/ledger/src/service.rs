@@ -28,11 +28,12 @@ pub struct LedgerService {
 }
 
 fn failed(e: LedgerError) -> fdo::Error {
+    let msg = e.full();
     match e {
-        LedgerError::BadData(_) | LedgerError::UnknownCategory { .. } => fdo::Error::InvalidArgs(e.to_string()),
-        LedgerError::Denied(_) => fdo::Error::AccessDenied(e.to_string()),
-        LedgerError::NotFound(_) => fdo::Error::InvalidArgs(e.to_string()),
-        _ => fdo::Error::Failed(e.to_string()),
+        LedgerError::BadData(_) | LedgerError::UnknownCategory { .. } | LedgerError::NotFound(_) => {
+            fdo::Error::InvalidArgs(msg)
+        }
+        _ => fdo::Error::Failed(msg),
     }
 }
 

@@ -73,10 +73,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     f.write_all(bytes).ctx(ctx)?;
     f.sync_all().ctx(ctx)?;
     std::fs::rename(&tmp, path).ctx(ctx)?;
-    if let Some(parent) = path.parent() {
-        File::open(parent).and_then(|d| d.sync_all()).ctx(ctx)?;
-    }
-    Ok(())
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Makes a directory's entries (a new or renamed file) durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    File::open(dir).and_then(|d| d.sync_all()).ctx(|| format!("syncing {}", dir.display()))
 }
 
 fn set_append_only(file: &File, on: bool) -> std::io::Result<()> {
@@ -102,7 +105,7 @@ pub fn load_or_make_key(path: &Path, origin: Option<&str>) -> Result<NoteSigner>
         Err(_) => {}
     }
     let ctx = || format!("making the signing key {}", path.display());
-    if let Some(parent) = path.parent() {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.exists() {
             std::fs::create_dir_all(parent).ctx(ctx)?;
             std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700)).ctx(ctx)?;
@@ -115,6 +118,7 @@ pub fn load_or_make_key(path: &Path, origin: Option<&str>) -> Result<NoteSigner>
     let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).ctx(ctx)?;
     f.write_all(format!("{}\n", signer.to_skey()).as_bytes()).ctx(ctx)?;
     f.sync_all().ctx(ctx)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))?;
     Ok(signer)
 }
 
@@ -194,6 +198,7 @@ impl Store {
         }
 
         let path = dir.join(LOG_FILE);
+        let new_log = !path.exists();
         let buf = Log::read_all(&path)?;
         let loaded = log::load(&buf);
         drop(buf);
@@ -204,6 +209,10 @@ impl Store {
             .mode(0o640)
             .open(&path)
             .ctx(|| format!("opening {}", path.display()))?;
+        if new_log {
+            // The first acknowledged append must not vanish with its directory entry.
+            sync_dir(dir)?;
+        }
         if let Some(p) = loaded.problem {
             return Err(damaged(dir, p));
         }
