@@ -1,5 +1,6 @@
 //! The `bpi-os` command. Thin dispatch: the work lives in the libraries.
 
+mod install;
 mod ledger;
 mod status;
 
@@ -20,6 +21,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Install bpi-os onto a disk (--disk), or lay out /bpi and the units in a tree (--root).
+    Install(install::InstallArgs),
     /// The tamper-evident ledger of every operation.
     Ledger {
         #[command(subcommand)]
@@ -32,6 +35,7 @@ fn main() {
     let result = match cli.command {
         Command::Status { json } => status::run(json),
         Command::Ledger { command } => ledger::run(command),
+        Command::Install(args) => install::run(args),
     };
     if let Err(e) = result {
         eprintln!("bpi-os: error: {e:#}");

@@ -71,7 +71,6 @@ pub fn build(opts: &BuildOptions, steps: &Steps) -> Result<Manifest> {
             &StageInputs {
                 base_tar: &base_tar,
                 binary: &opts.binary,
-                units_dir: &opts.source_dir.join("units"),
                 overlay_dir: &opts.source_dir.join("rootfs-overlay"),
                 version: &opts.version,
                 epoch,

@@ -5,11 +5,11 @@ pub mod boot;
 pub mod build;
 pub mod compare;
 pub mod disk;
-pub mod gpt;
-pub mod manifest;
 pub mod packages;
 pub mod pe;
 pub mod rootfs;
 pub mod sources;
 pub mod stage;
 pub mod verity;
+
+pub use bpi_disk::{gpt, manifest};

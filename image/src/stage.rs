@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use bpi_installer::layout::{self, Home};
+use bpi_installer::units;
 use bpi_support::Cmd;
 
 /// What goes on top of the base.
 pub struct StageInputs<'a> {
     pub base_tar: &'a Path,
     pub binary: &'a Path,
-    pub units_dir: &'a Path,
     pub overlay_dir: &'a Path,
     pub version: &'a str,
     pub epoch: u64,
@@ -80,26 +80,9 @@ pub fn compose(inp: &StageInputs, root: &Path, boot_out: &Path) -> Result<BootFi
     write(&root.join(CANARY_PATH), &canary_bytes(), 0o644)?;
 
     copy_tree(inp.overlay_dir, root)?;
-    let unit_dest = root.join("usr/lib/systemd/system");
-    let mut enable = Vec::new();
-    for entry in sorted_entries(inp.units_dir)? {
-        let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-        if name.ends_with(".preset") {
-            install_file(&entry, &root.join("usr/lib/systemd/system-preset").join(&name), 0o644)?;
-            enable.extend(preset_enables(&std::fs::read_to_string(&entry)?));
-        } else if name.ends_with(".conf") && name.contains("tmpfiles") {
-            install_file(&entry, &root.join("usr/lib/tmpfiles.d").join(&name), 0o644)?;
-        } else if name.ends_with(".conf") && name.contains("sysusers") {
-            install_file(&entry, &root.join("usr/lib/sysusers.d").join(&name), 0o644)?;
-        } else if name == "dbus" && entry.is_dir() {
-            for policy in sorted_entries(&entry)? {
-                let pname = policy.file_name().unwrap_or_default();
-                install_file(&policy, &root.join("usr/share/dbus-1/system.d").join(pname), 0o644)?;
-            }
-        } else if entry.is_file() {
-            install_file(&entry, &unit_dest.join(&name), 0o644)?;
-        }
-    }
+    // The same embedded files and destinations `bpi-os install --root` uses.
+    units::apply(&units::plan(root))?;
+    let enable = units::enabled();
     write(
         &root.join("usr/lib/tmpfiles.d/bpi-layout.conf"),
         layout::tmpfiles_conf(&[Home::Data, Home::Runtime]).as_bytes(),
@@ -122,15 +105,6 @@ pub fn compose(inp: &StageInputs, root: &Path, boot_out: &Path) -> Result<BootFi
     }
     clamp_mtimes(root, inp.epoch)?;
     Ok(boot)
-}
-
-/// Units a preset file enables (`enable NAME`), wildcards excluded.
-pub fn preset_enables(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("enable "))
-        .map(|u| u.trim().to_string())
-        .filter(|u| !u.contains('*'))
-        .collect()
 }
 
 fn take_boot_files(root: &Path, out: &Path) -> Result<BootFiles> {
@@ -244,11 +218,6 @@ mod tests {
         assert_eq!(c, canary_bytes());
         let distinct: std::collections::HashSet<_> = c.chunks(32).collect();
         assert_eq!(distinct.len(), CANARY_LEN / 32);
-    }
-
-    #[test]
-    fn presets() {
-        assert_eq!(preset_enables("enable a.service\ndisable b\nenable c*\n# x\n"), vec!["a.service"]);
     }
 
     #[test]

@@ -78,6 +78,7 @@ pub struct ByteProgress {
     total: u64,
     done: u64,
     next_report: u64,
+    started: Instant,
 }
 
 impl ByteProgress {
@@ -100,6 +101,7 @@ impl ByteProgress {
             total,
             done: 0,
             next_report: total / 10,
+            started: Instant::now(),
         }
     }
 
@@ -108,12 +110,17 @@ impl ByteProgress {
         match &self.bar {
             Some(b) => b.set_position(self.done),
             None if self.done >= self.next_report && self.total > 0 => {
+                let secs = self.started.elapsed().as_secs_f64().max(1e-6);
+                let rate = self.done as f64 / secs;
+                let eta = (self.total.saturating_sub(self.done)) as f64 / rate.max(1.0);
                 eprintln!(
-                    "  {}: {}% ({} of {} bytes)",
+                    "  {}: {}% ({} of {} bytes, {:.1} MB/s, eta {})",
                     self.name,
                     self.done * 100 / self.total,
                     self.done,
-                    self.total
+                    self.total,
+                    rate / 1e6,
+                    fmt_duration(Duration::from_secs_f64(eta))
                 );
                 self.next_report = self.done + self.total / 10;
             }

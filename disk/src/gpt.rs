@@ -140,6 +140,64 @@ fn protective_mbr(last_lba: u64) -> Vec<u8> {
     m
 }
 
+/// How many bytes at the start of a disk hold the protective MBR, the primary
+/// header and the entries.
+pub const HEAD_BYTES: u64 = (2 + ENTRY_SECTORS) * SECTOR;
+
+/// Reads a disk's primary GPT (the first [`HEAD_BYTES`]), checking the
+/// signature and both checksums: (disk GUID, partitions in entry order).
+pub fn parse_primary(head: &[u8]) -> Result<(String, Vec<Partition>)> {
+    ensure!(head.len() as u64 >= HEAD_BYTES, "need the first {HEAD_BYTES} bytes of the disk");
+    let h = &head[SECTOR as usize..2 * SECTOR as usize];
+    ensure!(&h[0..8] == b"EFI PART", "no GPT header at LBA 1");
+    let mut check = h[..92].to_vec();
+    check[16..20].fill(0);
+    let want = u32::from_le_bytes(h[16..20].try_into().expect("4 bytes"));
+    ensure!(crc32fast::hash(&check) == want, "the GPT header checksum does not match");
+    let le64 = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    let le32 = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
+    ensure!(le64(&h[72..80]) == 2, "GPT entries do not start at LBA 2");
+    ensure!(
+        u64::from(le32(&h[80..84])) == ENTRIES && u64::from(le32(&h[84..88])) == ENTRY_SIZE,
+        "GPT entry table is not {ENTRIES} entries of {ENTRY_SIZE} bytes"
+    );
+    let entries = &head[2 * SECTOR as usize..HEAD_BYTES as usize];
+    ensure!(crc32fast::hash(entries) == le32(&h[88..92]), "the GPT entries checksum does not match");
+    let disk_guid = guid_from_disk(&h[56..72]);
+    let mut parts = Vec::new();
+    for e in entries.chunks(ENTRY_SIZE as usize) {
+        if e[0..16].iter().all(|&b| b == 0) {
+            continue;
+        }
+        let name: Vec<u16> =
+            e[56..128].chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&c| c != 0).collect();
+        parts.push(Partition {
+            type_guid: guid_from_disk(&e[0..16]),
+            guid: guid_from_disk(&e[16..32]),
+            name: String::from_utf16_lossy(&name),
+            first_lba: le64(&e[32..40]),
+            last_lba: le64(&e[40..48]),
+            attributes: le64(&e[48..56]),
+        });
+    }
+    Ok((disk_guid, parts))
+}
+
+/// The tables of the image whose head is `head`, re-rendered for a disk of
+/// `disk_size` bytes: same GUIDs and partitions, the backup at the new end.
+pub fn relocate(head: &[u8], disk_size: u64) -> Result<Tables> {
+    let (guid, parts) = parse_primary(head)?;
+    tables(&guid, &parts, disk_size)
+}
+
+fn guid_from_disk(b: &[u8]) -> String {
+    let mut b: [u8; 16] = b[..16].try_into().expect("16 bytes");
+    b[0..4].reverse();
+    b[4..6].reverse();
+    b[6..8].reverse();
+    guid_string(&b)
+}
+
 /// A GUID string in GPT's on-disk byte order (first three fields little-endian).
 pub fn guid_bytes(s: &str) -> Result<[u8; 16]> {
     let hexs: String = s.chars().filter(|c| *c != '-').collect();
@@ -195,6 +253,22 @@ mod tests {
             },
         ];
         (parts, 8 << 20)
+    }
+
+    #[test]
+    fn tables_parse_back_and_relocate_to_a_larger_disk() {
+        let (parts, size) = sample();
+        let guid = derived_guid(b"disk");
+        let t = tables(&guid, &parts, size).unwrap();
+        let (g, back) = parse_primary(&t.primary).unwrap();
+        assert_eq!((g.as_str(), &back), (guid.as_str(), &parts));
+        let big = tables(&guid, &parts, 64 << 20).unwrap();
+        let moved = relocate(&t.primary, 64 << 20).unwrap();
+        assert_eq!((moved.primary, moved.backup, moved.backup_offset), (big.primary, big.backup, big.backup_offset));
+        let mut bad = t.primary.clone();
+        bad[2 * SECTOR as usize + 40] ^= 1;
+        assert!(parse_primary(&bad).unwrap_err().to_string().contains("entries checksum"));
+        assert!(parse_primary(&vec![0u8; HEAD_BYTES as usize]).is_err());
     }
 
     #[test]

@@ -1,0 +1,136 @@
+//! `bpi-os install`: thin dispatch onto bpi-installer. With --disk it writes
+//! the image to a disk; with --root it lays out /bpi and the units in a tree.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bpi_installer::layout::{self, Home};
+use bpi_installer::target::{self, Allow};
+use bpi_installer::{disk, source, units};
+use bpi_support::Steps;
+use clap::Args;
+
+#[derive(Args)]
+#[command(group = clap::ArgGroup::new("where").required(true).args(["disk", "root"]))]
+pub struct InstallArgs {
+    /// The disk to install onto (a /dev/disk/by-id path is best). Everything on it is lost.
+    #[arg(long, value_name = "DEV")]
+    disk: Option<PathBuf>,
+    /// Lay out /bpi and the units in this directory instead of writing a disk.
+    #[arg(long, value_name = "DIR", conflicts_with = "disk")]
+    root: Option<PathBuf>,
+    /// bpi-os.raw, or the directory holding it with SHA256SUMS and manifest.json.
+    #[arg(long, value_name = "PATH", required_unless_present = "root")]
+    image: Option<PathBuf>,
+    /// Print every step and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    yes: bool,
+    /// Overwrite a disk that has a partition table.
+    #[arg(long)]
+    force: bool,
+    /// Allow a regular file as the disk (tests).
+    #[arg(long)]
+    allow_file: bool,
+    /// Where progress is recorded so a re-run finishes an interrupted install.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/bpi-os/install")]
+    state_dir: PathBuf,
+    /// The plan as JSON (with --dry-run).
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: InstallArgs) -> Result<()> {
+    match (&a.disk, &a.root) {
+        (Some(dev), None) => install_disk(dev, &a),
+        (None, Some(root)) => install_root(root, a.dry_run),
+        _ => bail!("give --disk DEV or --root DIR"),
+    }
+}
+
+fn install_disk(dev: &Path, a: &InstallArgs) -> Result<()> {
+    let steps = Steps::new("install");
+    let image = a.image.as_deref().context("--image PATH is needed with --disk")?;
+    let allow = Allow { force: a.force, file: a.allow_file };
+    // Inspect the disk first: a wrong disk is a faster and clearer error than
+    // a gigabyte of checksumming.
+    let t = target::inspect(dev, allow)?;
+    let src = steps.step("verify image", || source::verify(image, &steps))?;
+    let refuse = |why: Vec<String>| -> Result<()> {
+        if why.is_empty() {
+            return Ok(());
+        }
+        bail!("will not install onto {}:\n  - {}\nnothing was written", t.describe(), why.join("\n  - "))
+    };
+    // Everything but an existing partition table first: the plan needs a disk that fits.
+    refuse(target::refusals(&t, src.size, Allow { force: true, ..allow }))?;
+    let plan = disk::plan(&src, &t)?;
+    let state_file = disk::state_path(&a.state_dir, &t.path);
+    // A table this very install wrote (and recorded) is no reason to stop.
+    let resuming = disk::load_state(&state_file, &plan).is_some();
+    refuse(target::refusals(&t, src.size, Allow { force: a.force || resuming, ..allow }))?;
+    if a.dry_run {
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            print!("{}", plan.render());
+            println!("(dry run: nothing was written)");
+        }
+        return Ok(());
+    }
+    eprint!("{}", plan.render());
+    confirm(&t, a.yes)?;
+    let rate = disk::apply(&plan, &state_file, &steps)?;
+    steps.finish();
+    println!(
+        "installed {} onto {} (body written at {:.1} MB/s); it boots from this disk now",
+        plan.image.display(),
+        t.describe(),
+        rate / 1e6
+    );
+    Ok(())
+}
+
+fn confirm(t: &target::Target, yes: bool) -> Result<()> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("not on a terminal and --yes not given: nothing was written");
+    }
+    let name = t.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    eprint!("Everything on {} will be lost. Type its name ({name}) to go on: ", t.describe());
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if answer.trim() != name {
+        bail!("not confirmed: nothing was written");
+    }
+    Ok(())
+}
+
+fn install_root(root: &Path, dry_run: bool) -> Result<()> {
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let dirs = layout::plan(root, &[Home::Image, Home::Data, Home::Runtime])?;
+    let files = units::plan(root);
+    for s in &dirs {
+        println!("{s}");
+    }
+    for f in &files {
+        println!("{f}");
+    }
+    let enable = units::enabled();
+    println!("enable {}", enable.join(" "));
+    if dry_run {
+        println!("(dry run: nothing was changed)");
+        return Ok(());
+    }
+    layout::apply(&dirs)?;
+    units::apply(&files)?;
+    bpi_support::Cmd::new("systemctl").arg(format!("--root={}", root.display())).arg("enable").args(&enable).run()?;
+    println!("laid out {} ({} directories, {} unit files changed)", root.display(), dirs.len(), files.len());
+    Ok(())
+}

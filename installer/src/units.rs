@@ -1,0 +1,133 @@
+//! The files of units/ (systemd units, the preset, tmpfiles and sysusers
+//! snippets, D-Bus policies), embedded so that the one `bpi-os` binary can
+//! install them anywhere, and where each goes in a root. The image build and
+//! `bpi-os install --root` both install them through [`plan`].
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// (path under units/, contents). A test checks this is all of units/.
+pub const FILES: &[(&str, &str)] = &[
+    ("90-bpi-os.preset", include_str!("../../units/90-bpi-os.preset")),
+    ("bpi-config.mount", include_str!("../../units/bpi-config.mount")),
+    ("bpi-ledger.service", include_str!("../../units/bpi-ledger.service")),
+    ("bpi-runtime.mount", include_str!("../../units/bpi-runtime.mount")),
+    ("bpi-sysusers.conf", include_str!("../../units/bpi-sysusers.conf")),
+    ("dbus/org.bpi.os.Ledger1.conf", include_str!("../../units/dbus/org.bpi.os.Ledger1.conf")),
+    ("tmp.mount", include_str!("../../units/tmp.mount")),
+];
+
+/// Where a file of units/ is installed, relative to the root.
+pub fn destination(name: &str) -> PathBuf {
+    let base = Path::new(name).file_name().and_then(|n| n.to_str()).unwrap_or(name);
+    let dir = if name.starts_with("dbus/") {
+        "usr/share/dbus-1/system.d"
+    } else if base.ends_with(".preset") {
+        "usr/lib/systemd/system-preset"
+    } else if base.ends_with(".conf") && base.contains("tmpfiles") {
+        "usr/lib/tmpfiles.d"
+    } else if base.ends_with(".conf") && base.contains("sysusers") {
+        "usr/lib/sysusers.d"
+    } else {
+        "usr/lib/systemd/system"
+    };
+    Path::new(dir).join(base)
+}
+
+/// Units a preset file enables (`enable NAME`), wildcards excluded.
+pub fn preset_enables(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("enable "))
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.contains('*'))
+        .collect()
+}
+
+/// Every unit the presets enable.
+pub fn enabled() -> Vec<String> {
+    FILES.iter().filter(|(n, _)| n.ends_with(".preset")).flat_map(|(_, t)| preset_enables(t)).collect()
+}
+
+/// One file to put in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Install {
+    pub dest: PathBuf,
+    pub contents: &'static str,
+}
+
+impl std::fmt::Display for Install {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "install {} (0644)", self.dest.display())
+    }
+}
+
+/// The files under `root` that are missing or differ. Reads, changes nothing.
+pub fn plan(root: &Path) -> Vec<Install> {
+    FILES
+        .iter()
+        .map(|(name, contents)| Install { dest: root.join(destination(name)), contents })
+        .filter(|i| std::fs::read_to_string(&i.dest).ok().as_deref() != Some(i.contents))
+        .collect()
+}
+
+/// Writes the planned files (each atomically: a temporary, then a rename).
+pub fn apply(steps: &[Install]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for s in steps {
+        let parent = s.dest.parent().context("a unit destination has a parent")?;
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        let tmp = s.dest.with_extension("bpi-tmp");
+        std::fs::write(&tmp, s.contents).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+        std::fs::rename(&tmp, &s.dest).with_context(|| format!("installing {}", s.dest.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(dir: &Path, prefix: &str, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let name = format!("{prefix}{}", e.file_name().to_string_lossy());
+            if e.path().is_dir() {
+                listed(&e.path(), &format!("{name}/"), out);
+            } else {
+                out.push(name);
+            }
+        }
+    }
+
+    #[test]
+    fn every_file_of_units_is_embedded() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../units");
+        let mut on_disk = Vec::new();
+        listed(&dir, "", &mut on_disk);
+        on_disk.sort();
+        let embedded: Vec<String> = FILES.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(embedded, on_disk, "units/ and installer::units::FILES differ: add the new file to FILES");
+    }
+
+    #[test]
+    fn destinations_and_presets() {
+        assert_eq!(destination("bpi-ledger.service"), Path::new("usr/lib/systemd/system/bpi-ledger.service"));
+        assert_eq!(destination("dbus/org.bpi.os.Ledger1.conf"), Path::new("usr/share/dbus-1/system.d/org.bpi.os.Ledger1.conf"));
+        assert_eq!(destination("bpi-sysusers.conf"), Path::new("usr/lib/sysusers.d/bpi-sysusers.conf"));
+        assert_eq!(destination("90-bpi-os.preset"), Path::new("usr/lib/systemd/system-preset/90-bpi-os.preset"));
+        assert_eq!(preset_enables("enable a.service\n# x\ndisable b\nenable c*.mount\n"), vec!["a.service"]);
+        assert!(enabled().contains(&"bpi-ledger.service".to_string()));
+    }
+
+    #[test]
+    fn plan_then_apply_then_nothing_left() {
+        let root = tempfile::tempdir().unwrap();
+        let steps = plan(root.path());
+        assert_eq!(steps.len(), FILES.len());
+        apply(&steps).unwrap();
+        assert!(plan(root.path()).is_empty());
+        std::fs::write(root.path().join("usr/lib/systemd/system/tmp.mount"), "changed").unwrap();
+        assert_eq!(plan(root.path()).len(), 1);
+    }
+}
