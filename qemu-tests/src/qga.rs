@@ -57,12 +57,15 @@ impl Agent {
     }
 
     fn read(&mut self) -> Result<Value> {
-        let mut line = String::new();
-        self.reader.read_line(&mut line).context("reading from the guest agent")?;
+        // Bytes, not a String: a sync reply left over from an earlier
+        // connection starts with the 0xff sentinel, which is not UTF-8.
+        let mut line = Vec::new();
+        self.reader.read_until(b'\n', &mut line).context("reading from the guest agent")?;
         if line.is_empty() {
             bail!("guest agent closed the connection");
         }
-        Ok(serde_json::from_str(line.trim_start_matches('\u{ff}'))?)
+        let start = line.iter().position(|&b| b != 0xff).unwrap_or(line.len());
+        Ok(serde_json::from_slice(&line[start..])?)
     }
 
     pub fn call(&mut self, execute: &str, arguments: Value) -> Result<Value> {

@@ -23,6 +23,17 @@ pub struct VmOptions {
     pub accel: String,
     /// Virtual size of the overlay (room for the data partition).
     pub disk_size: &'static str,
+    /// More disks, after the boot disk, in order (the guest sees vdb, vdc, ...).
+    pub extra_disks: Vec<ExtraDisk>,
+}
+
+/// A raw file attached as a virtio disk and written in place (no overlay).
+#[derive(Clone, Debug)]
+pub struct ExtraDisk {
+    pub file: PathBuf,
+    /// The guest finds it as /dev/disk/by-id/virtio-SERIAL.
+    pub serial: String,
+    pub read_only: bool,
 }
 
 impl VmOptions {
@@ -32,6 +43,7 @@ impl VmOptions {
             cpu: None,
             accel: std::env::var("BPI_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into()),
             disk_size: "4G",
+            extra_disks: Vec::new(),
         }
     }
 }
@@ -96,6 +108,11 @@ impl Machine {
             .stderr(std::fs::File::create(self.path(&format!("qemu-{boot_no}.err")))?);
         if let Some(cpu) = &self.opts.cpu {
             cmd.args(["-cpu", cpu]);
+        }
+        for (i, d) in self.opts.extra_disks.iter().enumerate() {
+            let ro = if d.read_only { ",readonly=on" } else { "" };
+            cmd.args(["-drive", &format!("if=none,id=extra{i},format=raw,file={}{ro}", d.file.display())])
+                .args(["-device", &format!("virtio-blk-pci,drive=extra{i},serial={}", d.serial)]);
         }
         eprintln!("  $ {:?}", cmd);
         let child = cmd.spawn().context("starting qemu-system-x86_64")?;
@@ -182,7 +199,12 @@ impl Vm<'_> {
 
     /// Runs a shell command in the guest, whatever its exit code.
     pub fn sh_any(&self, script: &str) -> Result<ExecOutput> {
-        self.agent()?.sh(script, Duration::from_secs(300))
+        self.sh_for(script, Duration::from_secs(300))
+    }
+
+    /// As [`Vm::sh_any`], for long work (an install under TCG).
+    pub fn sh_for(&self, script: &str, timeout: Duration) -> Result<ExecOutput> {
+        self.agent()?.sh(script, timeout)
     }
 
     /// Kernel and journal trouble since boot, or an error listing it.

@@ -1,0 +1,133 @@
+//! End-to-end: boot the live image with an empty second disk and a third
+//! holding the image files, install onto the second disk by its
+//! /dev/disk/by-id name, then boot that disk alone.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use bpi_installer::layout::{self, Home};
+use bpi_qemu_tests::image_dir;
+use bpi_qemu_tests::vm::{ExtraDisk, Machine, VmOptions};
+use bpi_support::Cmd;
+
+const GIB: u64 = 1 << 30;
+
+fn sparse(path: &std::path::Path, size: u64) -> Result<()> {
+    std::fs::File::create(path)?.set_len(size)?;
+    Ok(())
+}
+
+/// An ext4 file system image holding bpi-os.raw, SHA256SUMS and manifest.json,
+/// made from files (mke2fs -d), never mounted on the host.
+fn media(dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    let files = dir.join("media-files");
+    std::fs::create_dir_all(&files)?;
+    for f in ["bpi-os.raw", "SHA256SUMS", "manifest.json"] {
+        Cmd::new("cp").arg("--sparse=always").arg(image_dir().join(f)).arg(files.join(f)).run()?;
+    }
+    let img = dir.join("media.ext4");
+    sparse(&img, 3 * GIB)?;
+    Cmd::new("mkfs.ext4").args(["-q", "-F", "-L", "bpi-media", "-d"]).arg(&files).arg(&img).run()?;
+    std::fs::remove_dir_all(&files)?;
+    Ok(img)
+}
+
+#[test]
+fn installs_onto_a_second_disk_by_id_and_that_disk_boots_alone() -> Result<()> {
+    let work = tempfile::Builder::new().prefix("bpi-install-").tempdir()?;
+    let target = work.path().join("target.raw");
+    sparse(&target, 6 * GIB)?;
+    let scratch = work.path().join("scratch.raw");
+    sparse(&scratch, 2 * GIB)?;
+    let mut opts = VmOptions::new(image_dir().join("bpi-os.raw"));
+    opts.extra_disks = vec![
+        ExtraDisk { file: target.clone(), serial: "bpi-target".into(), read_only: false },
+        ExtraDisk { file: media(work.path())?, serial: "bpi-media".into(), read_only: true },
+        ExtraDisk { file: scratch, serial: "bpi-scratch".into(), read_only: false },
+    ];
+    let live = Machine::new(opts)?;
+    let mut vm = live.start(1)?;
+    vm.wait_booted()?;
+    vm.check_logs()?;
+    vm.sh("mount -o ro /dev/disk/by-id/virtio-bpi-media /mnt")?;
+
+    // Refusals, from inside: the disk the running (verity) root is on, found
+    // through device-mapper; a mounted disk.
+    let own = vm.sh_any("bpi-os install --disk /dev/vda --image /mnt --yes --force")?;
+    ensure!(own.code != 0 && own.stderr.contains("holds the running root"), "installing onto the live disk: {own:?}");
+    let mounted = vm.sh_any("bpi-os install --disk /dev/disk/by-id/virtio-bpi-media --image /mnt --yes --force")?;
+    ensure!(mounted.code != 0 && mounted.stderr.contains("is mounted at /mnt"), "installing onto a mounted disk: {mounted:?}");
+
+    let dry = vm.sh("bpi-os install --disk /dev/disk/by-id/virtio-bpi-target --image /mnt --dry-run")?;
+    ensure!(dry.contains("/dev/disk/by-id/virtio-bpi-target") && dry.contains("write the first MiB last"), "plan: {dry}");
+
+    let t = Instant::now();
+    let out = vm.sh_for("bpi-os install --disk /dev/disk/by-id/virtio-bpi-target --image /mnt --yes 2>&1", Duration::from_secs(1500))?;
+    let took = t.elapsed();
+    ensure!(out.code == 0, "install failed: {}", out.stdout);
+    let ours: f64 = out
+        .stdout
+        .split("body written at ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .context("the install did not report its write rate")?;
+    // The reference: dd of the same image to the same kind of disk, same VM.
+    let dd = vm.sh_for(
+        "dd if=/mnt/bpi-os.raw of=/dev/disk/by-id/virtio-bpi-scratch bs=4M oflag=direct conv=fsync 2>&1 | tail -1",
+        Duration::from_secs(1500),
+    )?;
+    let dd_rate = dd_mb_per_s(&dd.stdout).with_context(|| format!("reading dd's rate from {:?}", dd.stdout))?;
+    eprintln!("FIGURE install in the VM ({}): {:.1}s in all", live.opts.accel, took.as_secs_f64());
+    eprintln!(
+        "FIGURE install write throughput: {ours:.1} MB/s vs dd bs=4M oflag=direct conv=fsync {dd_rate:.1} MB/s: ratio {:.2}",
+        ours / dd_rate
+    );
+    vm.check_logs()?;
+    vm.poweroff()?;
+
+    // The installed disk alone boots, with the layout, units and a data partition.
+    let mut opts = VmOptions::new(target);
+    opts.disk_size = "6G";
+    let installed = Machine::new(opts)?;
+    let mut vm = installed.start(1)?;
+    vm.wait_booted()?;
+    vm.check_logs()?;
+    let root = vm.sh("findmnt -no FSTYPE,SOURCE /")?;
+    ensure!(root.contains("erofs") && root.contains("/dev/mapper/root"), "root: {root}");
+    let paths: Vec<&str> = layout::dirs(&[Home::Image, Home::Data, Home::Runtime]).map(|d| d.path).collect();
+    let stat = vm.sh(&format!("stat -c '%n %a' {}", paths.join(" ")))?;
+    for d in layout::dirs(&[Home::Image, Home::Data, Home::Runtime]) {
+        let want = format!("{} {:o}", d.path, d.mode);
+        ensure!(stat.lines().any(|l| l == want), "expected `{want}`; got:\n{stat}");
+    }
+    for unit in bpi_installer::units::enabled() {
+        let state = vm.sh_any(&format!("systemctl is-enabled {unit}"))?;
+        ensure!(state.stdout.trim() == "enabled", "{unit} is {:?} on the installed disk", state.stdout.trim());
+    }
+    let data = vm.sh("lsblk -bno SIZE,PARTLABEL /dev/vda | grep bpi-data")?;
+    let size: u64 = data.split_whitespace().next().and_then(|s| s.parse().ok()).context("bpi-data size")?;
+    ensure!(size > 4 * GIB, "bpi-data was not grown over the disk: {data}");
+    vm.sh("echo installed > /bpi/data/bpi-install-test && sync")?;
+    vm.poweroff()?;
+    let vm = installed.start(2)?;
+    let mut vm = vm;
+    vm.wait_booted()?;
+    ensure!(vm.sh("cat /bpi/data/bpi-install-test")?.trim() == "installed", "/bpi/data lost its file across reboot");
+    vm.check_logs()?;
+    vm.poweroff()
+}
+
+/// dd's last line: "... copied, 12.3 s, 117 MB/s" (or GB/s, kB/s).
+fn dd_mb_per_s(line: &str) -> Option<f64> {
+    let rate = line.trim().rsplit(", ").next()?;
+    let (n, unit) = rate.split_once(' ')?;
+    let n: f64 = n.replace(',', ".").parse().ok()?;
+    let scale = match unit {
+        "GB/s" => 1000.0,
+        "MB/s" => 1.0,
+        "kB/s" => 0.001,
+        _ => return None,
+    };
+    Some(n * scale)
+}
