@@ -3,6 +3,7 @@
 mod install;
 mod ledger;
 mod status;
+mod store;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,11 @@ enum Command {
     },
     /// Install bpi-os onto a disk (--disk), or lay out /bpi and the units in a tree (--root).
     Install(install::InstallArgs),
+    /// The encrypted store at /bpi/data/encrypted.
+    Store {
+        #[command(subcommand)]
+        command: store::StoreCommand,
+    },
     /// The tamper-evident ledger of every operation.
     Ledger {
         #[command(subcommand)]
@@ -36,6 +42,7 @@ fn main() {
         Command::Status { json } => status::run(json),
         Command::Ledger { command } => ledger::run(command),
         Command::Install(args) => install::run(args),
+        Command::Store { command } => store::run(command),
     };
     if let Err(e) = result {
         eprintln!("bpi-os: error: {e:#}");

@@ -11,6 +11,7 @@ pub struct Status {
     pub root: Option<Mount>,
     pub verity: Verity,
     pub data: DataPartition,
+    pub store: bpi_installer::store::Status,
 }
 
 #[derive(Debug, Serialize, PartialEq, Clone)]
@@ -57,6 +58,7 @@ pub fn run(json: bool) -> Result<()> {
         root: find_mount(&mountinfo, "/"),
         verity: parse_verity(verity_out.as_deref()),
         data: DataPartition { mounted: data_mount.is_some(), mount: data_mount, size_bytes: size, free_bytes: free },
+        store: bpi_installer::store::status(std::path::Path::new(bpi_installer::store::DEFAULT_DEVICE)),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -85,6 +87,7 @@ pub fn run(json: bool) -> Result<()> {
             ),
             None => println!("data:       not mounted"),
         }
+        println!("store:      {}", status.store.note);
     }
     Ok(())
 }

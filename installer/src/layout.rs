@@ -133,6 +133,14 @@ pub enum Step {
     SetMode { path: PathBuf, from: u32, to: u32 },
 }
 
+impl Step {
+    pub fn path(&self) -> &Path {
+        match self {
+            Step::CreateDir { path, .. } | Step::SetMode { path, .. } => path,
+        }
+    }
+}
+
 impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

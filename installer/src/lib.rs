@@ -6,5 +6,6 @@
 pub mod disk;
 pub mod layout;
 pub mod source;
+pub mod store;
 pub mod target;
 pub mod units;

@@ -13,6 +13,8 @@ pub const FILES: &[(&str, &str)] = &[
     ("bpi-config.mount", include_str!("../../units/bpi-config.mount")),
     ("bpi-ledger.service", include_str!("../../units/bpi-ledger.service")),
     ("bpi-runtime.mount", include_str!("../../units/bpi-runtime.mount")),
+    ("bpi-store-init.service", include_str!("../../units/bpi-store-init.service")),
+    ("bpi-store.service", include_str!("../../units/bpi-store.service")),
     ("bpi-sysusers.conf", include_str!("../../units/bpi-sysusers.conf")),
     ("dbus/org.bpi.os.Ledger1.conf", include_str!("../../units/dbus/org.bpi.os.Ledger1.conf")),
     ("tmp.mount", include_str!("../../units/tmp.mount")),

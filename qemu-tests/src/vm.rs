@@ -25,6 +25,9 @@ pub struct VmOptions {
     pub disk_size: &'static str,
     /// More disks, after the boot disk, in order (the guest sees vdb, vdc, ...).
     pub extra_disks: Vec<ExtraDisk>,
+    /// A software TPM2 (swtpm) keeping its state in this directory; machines
+    /// given the same directory share one TPM, as one computer's disks do.
+    pub tpm_state: Option<PathBuf>,
 }
 
 /// A raw file attached as a virtio disk and written in place (no overlay).
@@ -44,6 +47,7 @@ impl VmOptions {
             accel: std::env::var("BPI_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into()),
             disk_size: "4G",
             extra_disks: Vec::new(),
+            tpm_state: None,
         }
     }
 }
@@ -58,6 +62,7 @@ pub struct Machine {
 pub struct Vm<'a> {
     machine: &'a Machine,
     child: Child,
+    swtpm: Option<Child>,
     pub started: Instant,
     boot_no: u32,
 }
@@ -109,6 +114,15 @@ impl Machine {
         if let Some(cpu) = &self.opts.cpu {
             cmd.args(["-cpu", cpu]);
         }
+        let swtpm = match &self.opts.tpm_state {
+            None => None,
+            Some(state) => {
+                let (child, ctrl) = start_swtpm(state, &self.path("swtpm.sock"))?;
+                cmd.args(["-chardev", &format!("socket,id=chrtpm,path={}", ctrl.display())])
+                    .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]);
+                Some(child)
+            }
+        };
         for (i, d) in self.opts.extra_disks.iter().enumerate() {
             let ro = if d.read_only { ",readonly=on" } else { "" };
             cmd.args(["-drive", &format!("if=none,id=extra{i},format=raw,file={}{ro}", d.file.display())])
@@ -116,7 +130,7 @@ impl Machine {
         }
         eprintln!("  $ {:?}", cmd);
         let child = cmd.spawn().context("starting qemu-system-x86_64")?;
-        Ok(Vm { machine: self, child, started: Instant::now(), boot_no })
+        Ok(Vm { machine: self, child, swtpm, started: Instant::now(), boot_no })
     }
 }
 
@@ -260,7 +274,34 @@ impl Drop for Vm<'_> {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(mut t) = self.swtpm.take() {
+            let _ = t.kill();
+            let _ = t.wait();
+        }
     }
+}
+
+/// Starts swtpm for one boot; returns it and its control socket once it listens.
+fn start_swtpm(state: &Path, ctrl: &Path) -> Result<(Child, PathBuf)> {
+    std::fs::create_dir_all(state)?;
+    let _ = std::fs::remove_file(ctrl);
+    let child = Command::new("swtpm")
+        .args(["socket", "--tpm2", "--terminate"])
+        .arg("--tpmstate")
+        .arg(format!("dir={}", state.display()))
+        .arg("--ctrl")
+        .arg(format!("type=unixio,path={}", ctrl.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting swtpm (package swtpm)")?;
+    let t = Instant::now();
+    while !ctrl.exists() {
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(10), "swtpm did not open {}", ctrl.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((child, ctrl.to_path_buf()))
 }
 
 /// A sparse copy of an image, for tampering without touching the original.

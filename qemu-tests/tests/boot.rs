@@ -33,7 +33,11 @@ fn tampered_copy(offset: u64) -> Result<(tempfile::TempDir, std::path::PathBuf)>
 #[test]
 fn boots_read_only_verity_root_and_keeps_state_across_reboot() -> Result<()> {
     let m = manifest()?;
-    let machine = Machine::new(VmOptions::new(raw()))?;
+    // With a TPM2 (swtpm): first boot creates the encrypted store sealed to it.
+    let tpm = tempfile::tempdir()?;
+    let mut opts = VmOptions::new(raw());
+    opts.tpm_state = Some(tpm.path().to_path_buf());
+    let machine = Machine::new(opts)?;
     let mut vm = machine.start(1)?;
     let took = vm.wait_booted()?;
     eprintln!("FIGURE boot to multi-user.target (first boot, {}): {:.1}s", machine.opts.accel, took.as_secs_f64());
@@ -73,10 +77,22 @@ fn boots_read_only_verity_root_and_keeps_state_across_reboot() -> Result<()> {
     ensure!(vm.sh("findmnt -no FSTYPE /etc")?.trim() == "overlay");
     ensure!(vm.sh("findmnt -no FSTYPE /bpi/data")?.trim() == "ext4");
 
+    // The encrypted store: LUKS2, TPM2-enrolled, unlocked and mounted; the
+    // recovery key shown on the console and kept in /run only.
+    let store: serde_json::Value = serde_json::from_str(&vm.sh("bpi-os store status --json")?)?;
+    ensure!(store["initialized"] == true && store["tpm2_enrolled"] == true && store["mounted"] == true, "store: {store}");
+    ensure!(vm.sh("findmnt -no SOURCE /bpi/data/encrypted")?.trim() == "/dev/mapper/bpi-store");
+    let key = vm.sh("cat /run/bpi-os/store-recovery-key")?;
+    ensure!(key.len() == 71 && vm.serial().contains(key.trim()), "the recovery key was not shown on the console");
+    let journal = vm.sh("journalctl -b --no-pager")?;
+    ensure!(!journal.contains(key.trim()), "the recovery key is in the journal");
+    // And it opens the volume.
+    vm.sh("cryptsetup open --test-passphrase --key-file /run/bpi-os/store-recovery-key /dev/disk/by-partlabel/bpi-store")?;
+
     // State: /etc and /bpi/data persist, /bpi/runtime does not.
     let token = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos());
     vm.sh(&format!(
-        "echo {token} > /etc/bpi-test && echo {token} > /bpi/data/bpi-test && echo {token} > /bpi/runtime/bpi-test && sync"
+        "echo {token} > /etc/bpi-test && echo {token} > /bpi/data/bpi-test && echo {token} > /bpi/runtime/bpi-test && echo {token} > /bpi/data/encrypted/bpi-test && sync"
     ))?;
     vm.poweroff()?;
 
@@ -87,6 +103,9 @@ fn boots_read_only_verity_root_and_keeps_state_across_reboot() -> Result<()> {
     ensure!(vm.sh("cat /etc/bpi-test")?.trim() == token, "/etc lost its file across reboot");
     ensure!(vm.sh("cat /bpi/data/bpi-test")?.trim() == token, "/bpi/data lost its file across reboot");
     ensure!(vm.sh_any("test -e /bpi/runtime/bpi-test")?.code != 0, "/bpi/runtime kept a file across reboot");
+    // The store unlocked itself from the TPM2, without a prompt.
+    ensure!(vm.sh("cat /bpi/data/encrypted/bpi-test")?.trim() == token, "the encrypted store lost its file, or is not open");
+    ensure!(vm.sh("systemctl is-active bpi-store.service")?.trim() == "active");
     vm.poweroff()
 }
 
@@ -134,5 +153,9 @@ fn boots_with_proxmox_default_cpu_kvm64() -> Result<()> {
     let took = vm.wait_booted()?;
     eprintln!("FIGURE boot to multi-user.target with -cpu kvm64: {:.1}s", took.as_secs_f64());
     vm.check_logs()?;
+    // No TPM2 here: no store, and status says so plainly.
+    let store: serde_json::Value = serde_json::from_str(&vm.sh("bpi-os store status --json")?)?;
+    ensure!(store["initialized"] == false, "a store was made without a TPM2: {store}");
+    ensure!(vm.sh("bpi-os status")?.contains("no encrypted store: there is no TPM2"), "status does not say the store is missing");
     vm.poweroff()
 }

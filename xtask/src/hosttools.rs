@@ -27,6 +27,8 @@ pub const TEST: &[(&str, &str)] = &[
     ("dbus-daemon", "dbus-daemon"),
     ("dbus-send", "dbus-bin"),
     ("chattr", "e2fsprogs"),
+    // Software TPM2 for the encrypted store's QEMU tests.
+    ("swtpm", "swtpm"),
 ];
 
 fn present(what: &str) -> bool {

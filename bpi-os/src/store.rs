@@ -1,0 +1,127 @@
+//! `bpi-os store ...`: thin dispatch onto bpi-installer's store module.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use bpi_installer::store::{self, InitOptions, Tpm2};
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum StoreCommand {
+    /// Create the encrypted store (LUKS2; TPM2-sealed key where there is a TPM2, and a recovery key).
+    Init {
+        #[arg(long, default_value = store::DEFAULT_DEVICE)]
+        device: PathBuf,
+        #[arg(long, value_enum, default_value = "auto")]
+        tpm2: Tpm2,
+        /// PCRs to seal against, '+'-separated (see docs/install.md on resealing).
+        #[arg(long, default_value = "7")]
+        tpm2_pcrs: String,
+        /// Write the recovery key here (must not exist) instead of showing it.
+        #[arg(long, value_name = "PATH")]
+        recovery_key_file: Option<PathBuf>,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// For bpi-store-init.service: do nothing if the store exists; keep the
+        /// recovery key in /run/bpi-os/store-recovery-key and on the console.
+        #[arg(long)]
+        first_boot: bool,
+    },
+    /// Whether there is a store, how it is protected, whether it is open.
+    Status {
+        #[arg(long, default_value = store::DEFAULT_DEVICE)]
+        device: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open (TPM2, or the recovery key) and mount at /bpi/data/encrypted.
+    Unlock {
+        #[arg(long, default_value = store::DEFAULT_DEVICE)]
+        device: PathBuf,
+        #[arg(long, value_name = "PATH")]
+        recovery_key_file: Option<PathBuf>,
+    },
+    /// Unmount and close.
+    Lock,
+    /// Exit 0 when the store can unlock without a person (LUKS with a TPM2 token), 1 otherwise.
+    Probe {
+        #[arg(long, default_value = store::DEFAULT_DEVICE)]
+        device: PathBuf,
+    },
+}
+
+const FIRST_BOOT_KEY: &str = "/run/bpi-os/store-recovery-key";
+
+pub fn run(cmd: StoreCommand) -> Result<()> {
+    match cmd {
+        StoreCommand::Init { device, tpm2, tpm2_pcrs, recovery_key_file, dry_run, first_boot } => {
+            let is_luks = store::is_luks(&device);
+            if first_boot && is_luks {
+                println!("the encrypted store exists already");
+                return Ok(());
+            }
+            let recovery_key_file = match (recovery_key_file, first_boot) {
+                (Some(f), _) => Some(f),
+                (None, true) => {
+                    std::fs::create_dir_all("/run/bpi-os")?;
+                    Some(PathBuf::from(FIRST_BOOT_KEY))
+                }
+                (None, false) => None,
+            };
+            let opts = InitOptions { device: device.clone(), tpm2, pcrs: tpm2_pcrs, recovery_key_file: recovery_key_file.clone() };
+            let tpm = store::tpm2_present(std::time::Duration::from_secs(if first_boot { 30 } else { 0 }));
+            if first_boot && !tpm {
+                println!("no TPM2 here: no encrypted store was created (`bpi-os store init --recovery-key-file PATH` creates one)");
+                return Ok(());
+            }
+            let steps = store::plan(&opts, tpm, is_luks)?;
+            for s in &steps {
+                println!("{s}");
+            }
+            if dry_run {
+                println!("(dry run: nothing was changed)");
+                return Ok(());
+            }
+            let shown = store::apply(&steps)?;
+            if let Some(key) = shown {
+                println!("\nThe store's recovery key, shown once; keep it somewhere safe:\n\n    {key}\n");
+            }
+            if first_boot {
+                let key = std::fs::read_to_string(FIRST_BOOT_KEY)?;
+                println!("\nThe encrypted store was created. Its recovery key (also in {FIRST_BOOT_KEY} until reboot; copy it somewhere safe, then delete it):\n\n    {key}\n");
+            }
+            let enrolled = steps.iter().any(|s| matches!(s, store::Step::EnrollTpm2 { .. }));
+            // Open it now, as the next boot would.
+            store::unlock(&device, if enrolled { None } else { recovery_key_file.as_deref() })?;
+            println!("encrypted store ready at {}", store::MOUNT);
+            Ok(())
+        }
+        StoreCommand::Status { device, json } => {
+            let s = store::status(&device);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("{}", s.note);
+            }
+            Ok(())
+        }
+        StoreCommand::Unlock { device, recovery_key_file } => {
+            if !store::is_luks(&device) {
+                bail!("{} holds no LUKS volume: there is no store to unlock (`bpi-os store init`)", device.display());
+            }
+            store::unlock(&device, recovery_key_file.as_deref())?;
+            println!("encrypted store mounted at {}", store::MOUNT);
+            Ok(())
+        }
+        StoreCommand::Lock => store::lock(),
+        StoreCommand::Probe { device } => {
+            let s = store::status(&device);
+            if s.initialized && s.tpm2_enrolled {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
+    }
+}
