@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use bpi_installer::layout::{self, Home};
 use bpi_installer::target::{self, Allow};
-use bpi_installer::{disk, source, units};
+use bpi_installer::{disk, source, store, units};
 use bpi_support::Steps;
 use clap::Args;
 
@@ -41,6 +41,48 @@ pub struct InstallArgs {
     /// The plan as JSON (with --dry-run).
     #[arg(long)]
     json: bool,
+    /// Seal the encrypted store's key to this machine's TPM2.
+    #[arg(long, value_enum, default_value = "auto")]
+    tpm2: store::Tpm2,
+    /// PCRs the TPM2 key is sealed against, '+'-separated.
+    #[arg(long, default_value = "7")]
+    tpm2_pcrs: String,
+    /// Write the store's recovery key here (must not exist) instead of showing it.
+    #[arg(long, value_name = "PATH")]
+    recovery_key_file: Option<PathBuf>,
+    /// Make no encrypted store now (`bpi-os store init` on the installed system makes it later).
+    #[arg(long, conflicts_with_all = ["recovery_key_file"])]
+    no_store: bool,
+}
+
+/// The store the operator asked for, or why their choice is incomplete.
+fn store_choice(a: &InstallArgs) -> Result<Option<disk::StoreChoice>> {
+    if a.no_store {
+        return Ok(None);
+    }
+    let present = store::tpm2_present(std::time::Duration::ZERO);
+    let tpm2 = match a.tpm2 {
+        store::Tpm2::Auto => present,
+        store::Tpm2::Yes if !present => bail!("--tpm2 yes, but this machine has no TPM2 ({})", store::TPM_DEVICE),
+        store::Tpm2::Yes => true,
+        store::Tpm2::No => false,
+    };
+    if !tpm2 && a.recovery_key_file.is_none() {
+        bail!(
+            "{}: the encrypted store would only open with its recovery key; choose --recovery-key-file PATH to keep it, or --no-store to install without one",
+            if present { "--tpm2 no" } else { "this machine has no TPM2" }
+        );
+    }
+    if let Some(f) = &a.recovery_key_file {
+        // Checked now, so a key that cannot be kept stops the install before any write.
+        if f.exists() {
+            bail!("--recovery-key-file {} exists; name a new file", f.display());
+        }
+        let dir = f.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK)
+            .with_context(|| format!("--recovery-key-file: {} is not writable", dir.display()))?;
+    }
+    Ok(Some(disk::StoreChoice { tpm2, pcrs: a.tpm2_pcrs.clone(), recovery_key_file: a.recovery_key_file.clone() }))
 }
 
 pub fn run(a: InstallArgs) -> Result<()> {
@@ -58,6 +100,7 @@ fn install_disk(dev: &Path, a: &InstallArgs) -> Result<()> {
     // Inspect the disk first: a wrong disk is a faster and clearer error than
     // a gigabyte of checksumming.
     let t = target::inspect(dev, allow)?;
+    let choice = store_choice(a)?;
     let src = steps.step("verify image", || source::verify(image, &steps))?;
     let refuse = |why: Vec<String>| -> Result<()> {
         if why.is_empty() {
@@ -67,7 +110,7 @@ fn install_disk(dev: &Path, a: &InstallArgs) -> Result<()> {
     };
     // Everything but an existing partition table first: the plan needs a disk that fits.
     refuse(target::refusals(&t, src.size, Allow { force: true, ..allow }))?;
-    let plan = disk::plan(&src, &t)?;
+    let plan = disk::plan(&src, &t, choice)?;
     let state_file = disk::state_path(&a.state_dir, &t.path);
     // A table this very install wrote (and recorded) is no reason to stop.
     let resuming = disk::load_state(&state_file, &plan).is_some();
@@ -83,14 +126,17 @@ fn install_disk(dev: &Path, a: &InstallArgs) -> Result<()> {
     }
     eprint!("{}", plan.render());
     confirm(&t, a.yes)?;
-    let rate = disk::apply(&plan, &state_file, &steps)?;
+    let done = disk::apply(&plan, &state_file, &steps)?;
     steps.finish();
     println!(
         "installed {} onto {} (body written at {:.1} MB/s); it boots from this disk now",
         plan.image.display(),
         t.describe(),
-        rate / 1e6
+        done.rate / 1e6
     );
+    if let Some(key) = done.recovery_key {
+        println!("\nThe encrypted store's recovery key, shown once; keep it somewhere safe:\n\n    {key}\n");
+    }
     Ok(())
 }
 

@@ -100,6 +100,9 @@ fn sparse(path: &Path, size: u64) {
 fn install(image: &Path, disk: &Path, state: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["install", "--disk", disk.to_str().unwrap(), "--image", image.to_str().unwrap(), "--yes"];
     args.extend(["--state-dir", state.to_str().unwrap()]);
+    if !extra.contains(&"--recovery-key-file") {
+        args.push("--no-store");
+    }
     args.extend(extra);
     bpi(&args)
 }
@@ -110,7 +113,10 @@ fn check_installed(raw: &Path, disk: &Path) {
     let d = std::fs::read(disk).unwrap();
     let (g1, p1) = gpt::parse_primary(&img).unwrap();
     let (g2, p2) = gpt::parse_primary(&d).unwrap();
-    assert_eq!((g1, &p1), (g2, &p2));
+    // The image's partitions, then the encrypted store's, which the installer adds.
+    assert_eq!((&g1, &p1[..]), (&g2, &p2[..p1.len()]));
+    assert_eq!(p2.len(), p1.len() + 1);
+    assert_eq!((p2[p1.len()].name.as_str(), p2[p1.len()].type_guid.as_str()), ("bpi-store", bpi_installer::store::PART_TYPE));
     for p in &p1 {
         let r = p.offset() as usize..(p.offset() + p.size()) as usize;
         assert!(img[r.clone()] == d[r], "partition {} differs", p.name);
@@ -127,7 +133,7 @@ fn installs_onto_a_file_and_reruns_need_force() {
     let dir = tempfile::tempdir().unwrap();
     let raw = image(&dir.path().join("img"), 6);
     let disk = dir.path().join("disk");
-    sparse(&disk, 64 * MIB);
+    sparse(&disk, 600 * MIB);
     let state = dir.path().join("state");
 
     let dry = install(&raw, &disk, &state, &["--allow-file", "--dry-run"]);
@@ -156,9 +162,8 @@ fn bad_input_is_refused_and_the_target_is_untouched() {
     let state = dir.path().join("state");
     let good = image(&dir.path().join("good"), 4);
     let disk = dir.path().join("disk");
-    sparse(&disk, 32 * MIB);
     // Old contents the install must not touch when it refuses.
-    std::fs::write(&disk, vec![0xa5u8; 32 * MIB as usize]).unwrap();
+    std::fs::write(&disk, vec![0xa5u8; 600 * MIB as usize]).unwrap();
     let before = sha256_file(&disk).unwrap();
 
     // A changed byte in the image.
@@ -217,10 +222,10 @@ fn an_install_killed_while_writing_finishes_on_rerun() {
     // Large enough that the body write syncs and records progress on the way.
     let raw = image(&dir.path().join("img"), 700);
     let disk = dir.path().join("disk");
-    sparse(&disk, 1024 * MIB);
+    sparse(&disk, 1400 * MIB);
     let state = dir.path().join("state");
     let mut child = Command::new(env!("CARGO_BIN_EXE_bpi-os"))
-        .args(["install", "--allow-file", "--yes", "--disk"])
+        .args(["install", "--allow-file", "--yes", "--no-store", "--disk"])
         .arg(&disk)
         .arg("--image")
         .arg(&raw)
@@ -289,7 +294,11 @@ struct Loop {
 
 impl Loop {
     fn new(file: &Path, size: u64) -> Option<Loop> {
-        std::fs::write(file, vec![0x3cu8; size as usize]).unwrap();
+        if size <= 64 * MIB {
+            std::fs::write(file, vec![0x3cu8; size as usize]).unwrap();
+        } else {
+            sparse(file, size);
+        }
         let o = Command::new("losetup").args(["--find", "--show"]).arg(file).output().ok()?;
         if !o.status.success() {
             eprintln!("SKIP: losetup failed: {}", text(&o));
@@ -407,9 +416,45 @@ fn disks_in_use_are_refused_mounted_mapped_swap_and_the_running_root() {
     assert!(ends(&swap.dev) == before);
 
     // And a free loop device takes the install.
-    let Some(free) = Loop::new(&dir.path().join("f.img"), 64 * MIB) else { return };
+    let Some(free) = Loop::new(&dir.path().join("f.img"), 600 * MIB) else { return };
     let o = install(&raw, &free.dev, &state, &[]);
     assert!(o.status.success(), "{}", text(&o));
     drop(free);
     check_installed(&raw, &dir.path().join("f.img"));
+}
+
+#[test]
+fn without_a_tpm_the_store_is_keyed_by_the_recovery_key_file() {
+    if !is_root() {
+        eprintln!("SKIP: the store is formatted through a loop device, which needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = image(&dir.path().join("img"), 4);
+    let disk = dir.path().join("disk");
+    sparse(&disk, 600 * MIB);
+    let state = dir.path().join("state");
+    // Without a TPM2 and without a choice, the install stops before writing.
+    let o = bpi(&["install", "--allow-file", "--yes", "--tpm2", "no", "--disk", disk.to_str().unwrap(), "--image", raw.to_str().unwrap()]);
+    assert!(!o.status.success() && text(&o).contains("--recovery-key-file PATH"), "{}", text(&o));
+    assert!(std::fs::read(&disk).unwrap().iter().all(|&b| b == 0));
+
+    let key = dir.path().join("recovery.key");
+    let o = install(&raw, &disk, &state, &["--allow-file", "--tpm2", "no", "--recovery-key-file", key.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    check_installed(&raw, &disk);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    // The store partition follows the image's, and its LUKS2 header opens with the key.
+    let d = std::fs::read(&disk).unwrap();
+    let (_, parts) = gpt::parse_primary(&d).unwrap();
+    let store = parts.iter().find(|p| p.name == "bpi-store").expect("no bpi-store partition");
+    assert_eq!(store.type_guid, bpi_installer::store::PART_TYPE);
+    let region = dir.path().join("store.img");
+    std::fs::write(&region, &d[store.offset() as usize..(store.offset() + store.size()) as usize]).unwrap();
+    let ok = Command::new("cryptsetup").args(["open", "--test-passphrase", "--key-file"]).arg(&key).arg(&region).output().unwrap();
+    assert!(ok.status.success(), "the recovery key does not open the store: {}", text(&ok));
+    std::fs::write(dir.path().join("wrong.key"), "cbdefghi").unwrap();
+    let bad = Command::new("cryptsetup").args(["open", "--test-passphrase", "--key-file"]).arg(dir.path().join("wrong.key")).arg(&region).output().unwrap();
+    assert!(!bad.status.success(), "a wrong key opened the store");
 }

@@ -186,8 +186,21 @@ pub fn parse_primary(head: &[u8]) -> Result<(String, Vec<Partition>)> {
 /// The tables of the image whose head is `head`, re-rendered for a disk of
 /// `disk_size` bytes: same GUIDs and partitions, the backup at the new end.
 pub fn relocate(head: &[u8], disk_size: u64) -> Result<Tables> {
-    let (guid, parts) = parse_primary(head)?;
+    relocate_with(head, disk_size, &[])
+}
+
+/// As [`relocate`], with `extra` partitions added after the image's own.
+pub fn relocate_with(head: &[u8], disk_size: u64, extra: &[Partition]) -> Result<Tables> {
+    let (guid, mut parts) = parse_primary(head)?;
+    parts.extend(extra.iter().cloned());
     tables(&guid, &parts, disk_size)
+}
+
+/// The first 1 MiB-aligned byte after every partition in `head`'s table.
+pub fn end_of_partitions(head: &[u8]) -> Result<u64> {
+    let (_, parts) = parse_primary(head)?;
+    let end = parts.iter().map(|p| (p.last_lba + 1) * SECTOR).max().unwrap_or(ALIGN);
+    Ok(end.div_ceil(ALIGN) * ALIGN)
 }
 
 fn guid_from_disk(b: &[u8]) -> String {

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::source::Source;
+use crate::store;
 use crate::target::{self, Kind, Target};
 
 /// Body writes are synced and recorded this often.
@@ -42,6 +43,7 @@ pub enum Step {
     WritePrimaryTable { bytes: u64 },
     VerifyTables,
     RereadPartitions,
+    InitStore { offset: u64, bytes: u64, tpm2: bool, pcrs: String, recovery_key_file: Option<PathBuf> },
 }
 
 impl Step {
@@ -54,6 +56,7 @@ impl Step {
             Step::WritePrimaryTable { .. } => "write-primary-table",
             Step::VerifyTables => "verify-tables",
             Step::RereadPartitions => "reread-partitions",
+            Step::InitStore { .. } => "init-store",
         }
     }
 }
@@ -78,6 +81,16 @@ impl std::fmt::Display for Step {
             }
             Step::VerifyTables => write!(f, "read both GPTs back and check them against the image's partitions"),
             Step::RereadPartitions => write!(f, "ask the kernel to re-read the partition table"),
+            Step::InitStore { offset, bytes, tpm2, pcrs, recovery_key_file } => {
+                write!(f, "encrypted store on bpi-store (offset {offset}, {}): LUKS2 keyed by a new recovery key", target::human(*bytes))?;
+                if *tpm2 {
+                    write!(f, ", plus a key sealed to this machine's TPM2 against PCR {pcrs}")?;
+                }
+                match recovery_key_file {
+                    Some(p) => write!(f, "; the recovery key is written to {}", p.display()),
+                    None => write!(f, "; the recovery key is shown once at the end"),
+                }
+            }
         }
     }
 }
@@ -94,11 +107,52 @@ pub struct Plan {
     pub first_boot: String,
 }
 
+/// The operator's choice for the encrypted store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreChoice {
+    pub tpm2: bool,
+    pub pcrs: String,
+    pub recovery_key_file: Option<PathBuf>,
+}
+
+/// The smallest data partition first boot may make.
+const MIN_DATA: u64 = 256 << 20;
+
+/// The store partition the installer adds after the image's partitions (the
+/// one first boot's repart would make), for a disk of `size` bytes.
+pub fn store_partition(head: &[u8], size: u64) -> Result<gpt::Partition> {
+    let start = gpt::end_of_partitions(head)?;
+    let (disk_guid, _) = gpt::parse_primary(head)?;
+    Ok(gpt::Partition {
+        type_guid: store::PART_TYPE.into(),
+        guid: gpt::derived_guid(format!("bpi-store {disk_guid} {size}").as_bytes()),
+        name: store::PART_LABEL.into(),
+        first_lba: start / SECTOR,
+        last_lba: (start + store::SIZE) / SECTOR - 1,
+        attributes: 0,
+    })
+}
+
+/// The tables the disk gets: the image's, sized for the disk, plus the store partition.
+pub fn disk_tables(head: &[u8], size: u64) -> Result<gpt::Tables> {
+    let size = size - size % SECTOR;
+    gpt::relocate_with(head, size, &[store_partition(head, size)?])
+}
+
 /// The plan for writing `src` to `t` (already checked by [`target::refusals`]).
-pub fn plan(src: &Source, t: &Target) -> Result<Plan> {
+pub fn plan(src: &Source, t: &Target, store_choice: Option<StoreChoice>) -> Result<Plan> {
     let image_backup = src.size - (1 + ENTRY_SECTORS) * SECTOR;
     ensure!(src.size > ALIGN + (1 + ENTRY_SECTORS) * SECTOR, "the image is too small to hold a GPT and a partition");
-    let tables = gpt::relocate(&src.head, t.size - t.size % SECTOR)?;
+    let store_part = store_partition(&src.head, t.size)?;
+    let needed = store_part.offset() + store_part.size() + MIN_DATA + ALIGN;
+    ensure!(
+        t.size >= needed,
+        "{} is {}; the image, the encrypted store and the smallest data partition need {} ({needed} bytes)",
+        t.path.display(),
+        target::human(t.size),
+        target::human(needed)
+    );
+    let tables = disk_tables(&src.head, t.size)?;
     let mut steps = vec![
         Step::WipeTables { backup_offset: (t.size / SECTOR - 1 - ENTRY_SECTORS) * SECTOR },
         Step::WriteBody { from: ALIGN, to: image_backup },
@@ -110,7 +164,16 @@ pub fn plan(src: &Source, t: &Target) -> Result<Plan> {
     if t.kind == Kind::Block {
         steps.push(Step::RereadPartitions);
     }
-    let rest = tables.backup_offset.saturating_sub(src.size);
+    if let Some(c) = store_choice {
+        steps.push(Step::InitStore {
+            offset: store_part.offset(),
+            bytes: store_part.size(),
+            tpm2: c.tpm2,
+            pcrs: c.pcrs,
+            recovery_key_file: c.recovery_key_file,
+        });
+    }
+    let rest = tables.backup_offset.saturating_sub(store_part.offset() + store_part.size());
     Ok(Plan {
         image: src.raw.clone(),
         image_sha256: src.sha256.clone(),
@@ -250,9 +313,8 @@ fn read_at(direct: Option<&File>, buffered: &File, buf: &mut [u8], at: u64) -> s
     Ok(())
 }
 
-/// Carries out `plan`, skipping what `state_file` says is done. Returns the
-/// bytes written per second during the body write (for the figures).
-pub fn apply(plan: &Plan, state_file: &Path, steps: &Steps) -> Result<f64> {
+/// Carries out `plan`, skipping what `state_file` says is done.
+pub fn apply(plan: &Plan, state_file: &Path, steps: &Steps) -> Result<Applied> {
     let mut state = load_state(state_file, plan).unwrap_or_else(|| State {
         image_sha256: plan.image_sha256.clone(),
         target: plan.target.path.clone(),
@@ -267,36 +329,49 @@ pub fn apply(plan: &Plan, state_file: &Path, steps: &Steps) -> Result<f64> {
             state.body_written
         ));
     }
-    let disk = open_target(&plan.target)?;
-    let direct = open_direct(&plan.target);
+    // Held for the writing steps, closed before the partitions are re-read and
+    // the store is made: an exclusive hold on the disk blocks both.
+    let mut handles = Some((open_target(&plan.target)?, open_direct(&plan.target)));
     let mut image = File::open(&plan.image).with_context(|| format!("opening {}", plan.image.display()))?;
     let mut head = vec![0u8; gpt::HEAD_BYTES as usize];
     image.read_exact(&mut head).with_context(|| format!("reading {}", plan.image.display()))?;
-    let tables = gpt::relocate(&head, plan.target.size - plan.target.size % SECTOR)?;
+    let tables = disk_tables(&head, plan.target.size)?;
+    let store_part = store_partition(&head, plan.target.size)?;
     let mut rate = 0.0;
+    let mut shown_key = None;
 
     for step in &plan.steps {
         if state.done.iter().any(|d| d == step.name()) {
             eprintln!("[install] {}: already done", step.name());
             continue;
         }
+        if matches!(step, Step::RereadPartitions | Step::InitStore { .. }) {
+            handles = None;
+        }
         steps.step(step.name(), || -> Result<()> {
+            let open = || handles.as_ref().map(|(d, dir)| (d, dir.as_ref())).context("the disk was closed before a writing step");
             match step {
                 Step::WipeTables { backup_offset } => {
+                    let (disk, _) = open()?;
                     disk.write_all_at(&vec![0u8; gpt::HEAD_BYTES as usize], 0)?;
                     let tail = plan.target.size - backup_offset;
                     disk.write_all_at(&vec![0u8; tail as usize], *backup_offset)?;
+                    // An old LUKS header where the store goes must not pass for the new store.
+                    disk.write_all_at(&vec![0u8; STORE_WIPE], store_part.offset())?;
                     disk.sync_all()?;
                 }
                 Step::WriteBody { from, to } => {
-                    rate = write_body(&image, direct.as_ref(), &disk, *from, *to, state_file, &mut state, steps)?;
+                    let (disk, direct) = open()?;
+                    rate = write_body(&image, direct, disk, *from, *to, state_file, &mut state, steps)?;
                 }
                 Step::VerifyBody { from, to } => {
-                    drop_cache(&disk);
-                    compare(&image, direct.as_ref(), &disk, *from, *to, steps)?;
+                    let (disk, direct) = open()?;
+                    drop_cache(disk);
+                    compare(&image, direct, disk, *from, *to, steps)?;
                 }
                 Step::WriteBackupTable { offset, .. } => {
                     ensure!(*offset == tables.backup_offset, "the disk changed size since the plan was made");
+                    let (disk, _) = open()?;
                     disk.write_all_at(&tables.backup, tables.backup_offset)?;
                     disk.sync_all()?;
                 }
@@ -304,17 +379,37 @@ pub fn apply(plan: &Plan, state_file: &Path, steps: &Steps) -> Result<f64> {
                     let mut first = vec![0u8; ALIGN as usize];
                     image.read_exact_at(&mut first, 0)?;
                     first[..tables.primary.len()].copy_from_slice(&tables.primary);
+                    let (disk, _) = open()?;
                     disk.write_all_at(&first, 0)?;
                     disk.sync_all()?;
                 }
                 Step::VerifyTables => {
-                    drop_cache(&disk);
-                    verify_tables(&disk, &head, plan.target.size, &tables)?;
+                    let (disk, _) = open()?;
+                    drop_cache(disk);
+                    verify_tables(disk, &head, plan.target.size, &tables)?;
                 }
                 Step::RereadPartitions => {
-                    if let Err(e) = Cmd::new("blockdev").arg("--rereadpt").arg(&plan.target.path).run() {
-                        progress::note(&format!("the kernel did not re-read the partition table ({e}); it will at the next boot"));
+                    // BLKRRPART is refused while the disk is open (ours is, exclusively);
+                    // partx adds and updates partitions one by one, which is not.
+                    let reread = Cmd::new("blockdev").arg("--rereadpt").arg(&plan.target.path).run();
+                    if reread.is_err() {
+                        if let Err(e) = Cmd::new("partx").arg("--update").arg(&plan.target.path).run() {
+                            progress::note(&format!("the kernel did not re-read the partition table ({e}); it will at the next boot"));
+                        }
                     }
+                }
+                Step::InitStore { offset, bytes, tpm2, pcrs, recovery_key_file } => {
+                    let dev = StoreDevice::open(&plan.target, *offset, *bytes)?;
+                    // A re-run starts the store afresh: it holds nothing yet.
+                    OpenOptions::new().write(true).open(&dev.path)?.write_all_at(&vec![0u8; STORE_WIPE], 0)?;
+                    let opts = store::InitOptions {
+                        device: dev.path.clone(),
+                        tpm2: if *tpm2 { store::Tpm2::Yes } else { store::Tpm2::No },
+                        pcrs: pcrs.clone(),
+                        recovery_key_file: recovery_key_file.clone(),
+                    };
+                    let store_steps = store::plan(&opts, store::tpm2_present(std::time::Duration::ZERO), false)?;
+                    shown_key = store::apply(&store_steps)?;
                 }
             }
             Ok(())
@@ -323,7 +418,62 @@ pub fn apply(plan: &Plan, state_file: &Path, steps: &Steps) -> Result<f64> {
         save_state(state_file, &state)?;
     }
     let _ = std::fs::remove_file(state_file);
-    Ok(rate)
+    Ok(Applied { rate, recovery_key: shown_key })
+}
+
+/// What an install reports at its end.
+pub struct Applied {
+    /// Bytes per second of the body write.
+    pub rate: f64,
+    /// The store's recovery key, to be shown once (when not written to a file).
+    pub recovery_key: Option<String>,
+}
+
+/// How much of the store partition's start is zeroed (the LUKS2 header and more).
+const STORE_WIPE: usize = 16 << 20;
+
+/// The store partition as a device: the partition node of a block device, or
+/// a loop device over that range of a file.
+struct StoreDevice {
+    path: PathBuf,
+    loop_dev: bool,
+}
+
+impl StoreDevice {
+    fn open(t: &Target, offset: u64, bytes: u64) -> Result<StoreDevice> {
+        if t.kind == Kind::File {
+            let dev = Cmd::new("losetup")
+                .args(["--find", "--show", "--offset", &offset.to_string(), "--sizelimit", &bytes.to_string()])
+                .arg(&t.path)
+                .output()?;
+            return Ok(StoreDevice { path: PathBuf::from(dev.trim()), loop_dev: true });
+        }
+        let _ = Cmd::new("udevadm").args(["settle", "--timeout=30"]).run();
+        let name = t.path.file_name().and_then(|n| n.to_str()).context("the disk has a name")?.to_string();
+        let start = (offset / SECTOR).to_string();
+        let t0 = std::time::Instant::now();
+        loop {
+            let found = std::fs::read_dir(format!("/sys/class/block/{name}"))?.flatten().find(|e| {
+                std::fs::read_to_string(e.path().join("start")).is_ok_and(|s| s.trim() == start)
+            });
+            if let Some(e) = found {
+                let node = PathBuf::from("/dev").join(e.file_name());
+                if node.exists() {
+                    return Ok(StoreDevice { path: node, loop_dev: false });
+                }
+            }
+            ensure!(t0.elapsed().as_secs() < 30, "the kernel shows no partition at sector {start} of {name} after re-reading the table");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for StoreDevice {
+    fn drop(&mut self) {
+        if self.loop_dev {
+            let _ = Cmd::new("losetup").arg("-d").arg(&self.path).run();
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -391,7 +541,11 @@ fn verify_tables(disk: &File, image_head: &[u8], size: u64, tables: &gpt::Tables
     disk.read_exact_at(&mut head, 0).context("reading the primary GPT back")?;
     let (guid, parts) = gpt::parse_primary(&head).context("the primary GPT read back is not valid")?;
     let (want_guid, want_parts) = gpt::parse_primary(image_head)?;
-    ensure!(guid == want_guid && parts == want_parts, "the primary GPT read back does not list the image's partitions");
+    ensure!(
+        guid == want_guid && parts.starts_with(&want_parts),
+        "the primary GPT read back does not list the image's partitions"
+    );
+    ensure!(head == tables.primary, "the primary GPT read back differs from what was written");
     let mut backup = vec![0u8; tables.backup.len()];
     disk.read_exact_at(&mut backup, tables.backup_offset).context("reading the backup GPT back")?;
     ensure!(backup == tables.backup, "the backup GPT read back differs from what was written");

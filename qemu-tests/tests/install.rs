@@ -39,7 +39,10 @@ fn installs_onto_a_second_disk_by_id_and_that_disk_boots_alone() -> Result<()> {
     sparse(&target, 6 * GIB)?;
     let scratch = work.path().join("scratch.raw");
     sparse(&scratch, 2 * GIB)?;
+    // One TPM2 for the live system and the installed disk: the same computer.
+    let tpm = work.path().join("tpm");
     let mut opts = VmOptions::new(image_dir().join("bpi-os.raw"));
+    opts.tpm_state = Some(tpm.clone());
     opts.extra_disks = vec![
         ExtraDisk { file: target.clone(), serial: "bpi-target".into(), read_only: false },
         ExtraDisk { file: media(work.path())?, serial: "bpi-media".into(), read_only: true },
@@ -65,6 +68,11 @@ fn installs_onto_a_second_disk_by_id_and_that_disk_boots_alone() -> Result<()> {
     let out = vm.sh_for("bpi-os install --disk /dev/disk/by-id/virtio-bpi-target --image /mnt --yes 2>&1", Duration::from_secs(1500))?;
     let took = t.elapsed();
     ensure!(out.code == 0, "install failed: {}", out.stdout);
+    ensure!(
+        out.stdout.contains("sealed to this machine's TPM2") && out.stdout.contains("recovery key, shown once"),
+        "the install did not make a TPM2-sealed store: {}",
+        out.stdout
+    );
     let ours: f64 = out
         .stdout
         .split("body written at ")
@@ -83,12 +91,25 @@ fn installs_onto_a_second_disk_by_id_and_that_disk_boots_alone() -> Result<()> {
         "FIGURE install write throughput: {ours:.1} MB/s vs dd bs=4M oflag=direct conv=fsync {dd_rate:.1} MB/s: ratio {:.2}",
         ours / dd_rate
     );
+    // Without the TPM2, the operator keeps the recovery key, and it opens the
+    // store (onto the scratch disk, which now holds dd's copy: --force).
+    let no_tpm = vm.sh_for(
+        "bpi-os install --disk /dev/disk/by-id/virtio-bpi-scratch --image /mnt --yes --force --tpm2 no --recovery-key-file /run/store.key 2>&1",
+        Duration::from_secs(1500),
+    )?;
+    ensure!(no_tpm.code == 0, "install without TPM2 failed: {}", no_tpm.stdout);
+    ensure!(!no_tpm.stdout.contains("shown once"), "the key was shown though a file was named: {}", no_tpm.stdout);
+    vm.sh("udevadm settle; cryptsetup open --key-file /run/store.key /dev/disk/by-id/virtio-bpi-scratch-part4 scratch-store")?;
+    vm.sh("mkfs.ext4 -q /dev/mapper/scratch-store && mount /dev/mapper/scratch-store /media && echo ok > /media/t && umount /media && cryptsetup close scratch-store")?;
+    let wrong = vm.sh_any("printf wrong > /run/wrong.key; cryptsetup open --test-passphrase --key-file /run/wrong.key /dev/disk/by-id/virtio-bpi-scratch-part4")?;
+    ensure!(wrong.code != 0, "a wrong key opened the store");
     vm.check_logs()?;
     vm.poweroff()?;
 
     // The installed disk alone boots, with the layout, units and a data partition.
     let mut opts = VmOptions::new(target);
     opts.disk_size = "6G";
+    opts.tpm_state = Some(tpm);
     let installed = Machine::new(opts)?;
     let mut vm = installed.start(1)?;
     vm.wait_booted()?;
@@ -108,12 +129,19 @@ fn installs_onto_a_second_disk_by_id_and_that_disk_boots_alone() -> Result<()> {
     let data = vm.sh("lsblk -bno SIZE,PARTLABEL /dev/vda | grep bpi-data")?;
     let size: u64 = data.split_whitespace().next().and_then(|s| s.parse().ok()).context("bpi-data size")?;
     ensure!(size > 4 * GIB, "bpi-data was not grown over the disk: {data}");
-    vm.sh("echo installed > /bpi/data/bpi-install-test && sync")?;
+    // The store the installer made, unlocked by the TPM2 without a prompt.
+    let store: serde_json::Value = serde_json::from_str(&vm.sh("bpi-os store status --json")?)?;
+    ensure!(store["tpm2_enrolled"] == true && store["mounted"] == true, "store on the installed disk: {store}");
+    ensure!(vm.sh("findmnt -no SOURCE /bpi/data/encrypted")?.trim() == "/dev/mapper/bpi-store");
+    vm.sh("echo installed > /bpi/data/bpi-install-test && echo secret > /bpi/data/encrypted/bpi-install-test && sync")?;
     vm.poweroff()?;
-    let vm = installed.start(2)?;
-    let mut vm = vm;
+    let mut vm = installed.start(2)?;
     vm.wait_booted()?;
     ensure!(vm.sh("cat /bpi/data/bpi-install-test")?.trim() == "installed", "/bpi/data lost its file across reboot");
+    ensure!(
+        vm.sh("cat /bpi/data/encrypted/bpi-install-test")?.trim() == "secret",
+        "the encrypted store lost its file across reboot, or did not unlock"
+    );
     vm.check_logs()?;
     vm.poweroff()
 }
