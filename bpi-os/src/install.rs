@@ -50,8 +50,11 @@ pub struct InstallArgs {
     /// Write the store's recovery key here (must not exist) instead of showing it.
     #[arg(long, value_name = "PATH")]
     recovery_key_file: Option<PathBuf>,
+    /// Also enroll a passphrase for the store (asked for on the terminal, else read from stdin).
+    #[arg(long)]
+    passphrase: bool,
     /// Make no encrypted store now (`bpi-os store init` on the installed system makes it later).
-    #[arg(long, conflicts_with_all = ["recovery_key_file"])]
+    #[arg(long, conflicts_with_all = ["recovery_key_file", "passphrase"])]
     no_store: bool,
 }
 
@@ -67,9 +70,9 @@ fn store_choice(a: &InstallArgs) -> Result<Option<disk::StoreChoice>> {
         store::Tpm2::Yes => true,
         store::Tpm2::No => false,
     };
-    if !tpm2 && a.recovery_key_file.is_none() {
+    if !tpm2 && a.recovery_key_file.is_none() && !a.passphrase {
         bail!(
-            "{}: the encrypted store would only open with its recovery key; choose --recovery-key-file PATH to keep it, or --no-store to install without one",
+            "{}: a person must unlock the encrypted store; choose --recovery-key-file PATH to keep its recovery key, --passphrase to set one, or --no-store to install without a store",
             if present { "--tpm2 no" } else { "this machine has no TPM2" }
         );
     }
@@ -82,7 +85,12 @@ fn store_choice(a: &InstallArgs) -> Result<Option<disk::StoreChoice>> {
         nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK)
             .with_context(|| format!("--recovery-key-file: {} is not writable", dir.display()))?;
     }
-    Ok(Some(disk::StoreChoice { tpm2, pcrs: a.tpm2_pcrs.clone(), recovery_key_file: a.recovery_key_file.clone() }))
+    Ok(Some(disk::StoreChoice {
+        tpm2,
+        pcrs: a.tpm2_pcrs.clone(),
+        recovery_key_file: a.recovery_key_file.clone(),
+        passphrase: a.passphrase,
+    }))
 }
 
 pub fn run(a: InstallArgs) -> Result<()> {
@@ -101,6 +109,8 @@ fn install_disk(dev: &Path, a: &InstallArgs) -> Result<()> {
     // a gigabyte of checksumming.
     let t = target::inspect(dev, allow)?;
     let choice = store_choice(a)?;
+    // Asked before anything is checksummed or written.
+    let pass = if a.passphrase && !a.dry_run { Some(crate::store::read_passphrase(true)?) } else { None };
     let src = steps.step("verify image", || source::verify(image, &steps))?;
     let refuse = |why: Vec<String>| -> Result<()> {
         if why.is_empty() {
@@ -126,7 +136,7 @@ fn install_disk(dev: &Path, a: &InstallArgs) -> Result<()> {
     }
     eprint!("{}", plan.render());
     confirm(&t, a.yes)?;
-    let done = disk::apply(&plan, &state_file, &steps)?;
+    let done = disk::apply(&plan, &state_file, &steps, pass.as_deref())?;
     steps.finish();
     println!(
         "installed {} onto {} (body written at {:.1} MB/s); it boots from this disk now",

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use bpi_installer::store::{self, InitOptions, Tpm2};
+use bpi_installer::store::{self, InitOptions, Key, Tpm2};
 use clap::Subcommand;
 
 #[derive(Subcommand)]
@@ -20,6 +20,9 @@ pub enum StoreCommand {
         /// Write the recovery key here (must not exist) instead of showing it.
         #[arg(long, value_name = "PATH")]
         recovery_key_file: Option<PathBuf>,
+        /// Also enroll a passphrase, asked for on the terminal (read from stdin otherwise).
+        #[arg(long)]
+        passphrase: bool,
         /// Print the plan and change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -39,8 +42,11 @@ pub enum StoreCommand {
     Unlock {
         #[arg(long, default_value = store::DEFAULT_DEVICE)]
         device: PathBuf,
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", conflicts_with = "passphrase")]
         recovery_key_file: Option<PathBuf>,
+        /// Unlock with the passphrase (asked for, or read from stdin).
+        #[arg(long)]
+        passphrase: bool,
     },
     /// Unmount and close.
     Lock,
@@ -55,7 +61,7 @@ const FIRST_BOOT_KEY: &str = "/run/bpi-os/store-recovery-key";
 
 pub fn run(cmd: StoreCommand) -> Result<()> {
     match cmd {
-        StoreCommand::Init { device, tpm2, tpm2_pcrs, recovery_key_file, dry_run, first_boot } => {
+        StoreCommand::Init { device, tpm2, tpm2_pcrs, recovery_key_file, passphrase, dry_run, first_boot } => {
             let is_luks = store::is_luks(&device);
             if first_boot && is_luks {
                 println!("the encrypted store exists already");
@@ -69,7 +75,14 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
                 }
                 (None, false) => None,
             };
-            let opts = InitOptions { device: device.clone(), tpm2, pcrs: tpm2_pcrs, recovery_key_file: recovery_key_file.clone() };
+            let pass = if passphrase && !dry_run { Some(read_passphrase(true)?) } else { None };
+            let opts = InitOptions {
+                device: device.clone(),
+                tpm2,
+                pcrs: tpm2_pcrs,
+                recovery_key_file: recovery_key_file.clone(),
+                passphrase: pass.clone().or(passphrase.then(String::new)),
+            };
             let tpm = store::tpm2_present(std::time::Duration::from_secs(if first_boot { 30 } else { 0 }));
             if first_boot && !tpm {
                 println!("no TPM2 here: no encrypted store was created (`bpi-os store init --recovery-key-file PATH` creates one)");
@@ -83,7 +96,7 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
                 println!("(dry run: nothing was changed)");
                 return Ok(());
             }
-            let shown = store::apply(&steps)?;
+            let shown = store::apply(&steps, pass.as_deref())?;
             if let Some(key) = shown {
                 println!("\nThe store's recovery key, shown once; keep it somewhere safe:\n\n    {key}\n");
             }
@@ -93,7 +106,13 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
             }
             let enrolled = steps.iter().any(|s| matches!(s, store::Step::EnrollTpm2 { .. }));
             // Open it now, as the next boot would.
-            store::unlock(&device, if enrolled { None } else { recovery_key_file.as_deref() })?;
+            let key = match (enrolled, &recovery_key_file, &pass) {
+                (true, _, _) => Key::Tpm2,
+                (false, Some(f), _) => Key::File(f),
+                (false, None, Some(p)) => Key::Passphrase(p),
+                (false, None, None) => bail!("the store has no key this command can use to open it"),
+            };
+            store::unlock(&device, key)?;
             println!("encrypted store ready at {}", store::MOUNT);
             Ok(())
         }
@@ -106,11 +125,17 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
             }
             Ok(())
         }
-        StoreCommand::Unlock { device, recovery_key_file } => {
+        StoreCommand::Unlock { device, recovery_key_file, passphrase } => {
             if !store::is_luks(&device) {
                 bail!("{} holds no LUKS volume: there is no store to unlock (`bpi-os store init`)", device.display());
             }
-            store::unlock(&device, recovery_key_file.as_deref())?;
+            let pass = if passphrase { Some(read_passphrase(false)?) } else { None };
+            let key = match (&recovery_key_file, &pass) {
+                (Some(f), _) => Key::File(f),
+                (None, Some(p)) => Key::Passphrase(p),
+                (None, None) => Key::Tpm2,
+            };
+            store::unlock(&device, key)?;
             println!("encrypted store mounted at {}", store::MOUNT);
             Ok(())
         }
@@ -124,4 +149,42 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
             }
         }
     }
+}
+
+/// A passphrase from the terminal (not echoed; asked twice when `confirm`),
+/// or the first line of stdin when it is not a terminal (scripts, tests).
+pub fn read_passphrase(confirm: bool) -> Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    let stdin = std::io::stdin();
+    let read_line = || -> Result<String> {
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line)?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    };
+    let pass = if stdin.is_terminal() {
+        let ask = |prompt: &str| -> Result<String> {
+            eprint!("{prompt}");
+            std::io::stderr().flush()?;
+            let saved = tcgetattr(&stdin)?;
+            let mut quiet = saved.clone();
+            quiet.local_flags.remove(LocalFlags::ECHO);
+            tcsetattr(&stdin, SetArg::TCSANOW, &quiet)?;
+            let line = read_line();
+            tcsetattr(&stdin, SetArg::TCSANOW, &saved)?;
+            eprintln!();
+            line
+        };
+        let first = ask("Passphrase for the encrypted store: ")?;
+        if confirm && ask("Again: ")? != first {
+            bail!("the passphrases differ: nothing was changed");
+        }
+        first
+    } else {
+        read_line()?
+    };
+    if pass.chars().count() < 8 {
+        bail!("the passphrase is shorter than 8 characters: nothing was changed");
+    }
+    Ok(pass)
 }

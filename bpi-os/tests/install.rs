@@ -458,3 +458,60 @@ fn without_a_tpm_the_store_is_keyed_by_the_recovery_key_file() {
     let bad = Command::new("cryptsetup").args(["open", "--test-passphrase", "--key-file"]).arg(dir.path().join("wrong.key")).arg(&region).output().unwrap();
     assert!(!bad.status.success(), "a wrong key opened the store");
 }
+
+#[test]
+fn a_passphrase_and_the_shown_recovery_key_both_open_the_store() {
+    if !is_root() {
+        eprintln!("SKIP: the store is formatted through a loop device, which needs root");
+        return;
+    }
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let raw = image(&dir.path().join("img"), 4);
+    let disk = dir.path().join("disk");
+    sparse(&disk, 600 * MIB);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bpi-os"))
+        .args(["install", "--allow-file", "--yes", "--tpm2", "no", "--passphrase", "--disk"])
+        .arg(&disk)
+        .arg("--image")
+        .arg(&raw)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"correct horse battery\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    let key = out.split("shown once; keep it somewhere safe:").nth(1).and_then(|s| s.split_whitespace().next()).expect("no recovery key shown");
+    let d = std::fs::read(&disk).unwrap();
+    let (_, parts) = gpt::parse_primary(&d).unwrap();
+    let store = parts.iter().find(|p| p.name == "bpi-store").unwrap();
+    let region = dir.path().join("store.img");
+    std::fs::write(&region, &d[store.offset() as usize..(store.offset() + store.size()) as usize]).unwrap();
+    for (what, secret) in [("passphrase", "correct horse battery"), ("recovery key", key)] {
+        let f = dir.path().join("k");
+        std::fs::write(&f, secret).unwrap();
+        let ok = Command::new("cryptsetup").args(["open", "--test-passphrase", "--key-file"]).arg(&f).arg(&region).output().unwrap();
+        assert!(ok.status.success(), "the {what} does not open the store: {}", text(&ok));
+    }
+    // A short passphrase is refused before anything is written.
+    let disk2 = dir.path().join("disk2");
+    sparse(&disk2, 600 * MIB);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bpi-os"))
+        .args(["install", "--allow-file", "--yes", "--tpm2", "no", "--passphrase", "--disk"])
+        .arg(&disk2)
+        .arg("--image")
+        .arg(&raw)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"short\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(!o.status.success() && text(&o).contains("shorter than 8"), "{}", text(&o));
+    assert!(std::fs::read(&disk2).unwrap().iter().all(|&b| b == 0));
+}

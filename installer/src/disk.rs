@@ -43,7 +43,8 @@ pub enum Step {
     WritePrimaryTable { bytes: u64 },
     VerifyTables,
     RereadPartitions,
-    InitStore { offset: u64, bytes: u64, tpm2: bool, pcrs: String, recovery_key_file: Option<PathBuf> },
+    /// (The passphrase itself is never in a plan or the state file.)
+    InitStore { offset: u64, bytes: u64, tpm2: bool, pcrs: String, recovery_key_file: Option<PathBuf>, passphrase: bool },
 }
 
 impl Step {
@@ -81,8 +82,11 @@ impl std::fmt::Display for Step {
             }
             Step::VerifyTables => write!(f, "read both GPTs back and check them against the image's partitions"),
             Step::RereadPartitions => write!(f, "ask the kernel to re-read the partition table"),
-            Step::InitStore { offset, bytes, tpm2, pcrs, recovery_key_file } => {
+            Step::InitStore { offset, bytes, tpm2, pcrs, recovery_key_file, passphrase } => {
                 write!(f, "encrypted store on bpi-store (offset {offset}, {}): LUKS2 keyed by a new recovery key", target::human(*bytes))?;
+                if *passphrase {
+                    write!(f, ", plus the passphrase given")?;
+                }
                 if *tpm2 {
                     write!(f, ", plus a key sealed to this machine's TPM2 against PCR {pcrs}")?;
                 }
@@ -113,6 +117,7 @@ pub struct StoreChoice {
     pub tpm2: bool,
     pub pcrs: String,
     pub recovery_key_file: Option<PathBuf>,
+    pub passphrase: bool,
 }
 
 /// The smallest data partition first boot may make.
@@ -171,6 +176,7 @@ pub fn plan(src: &Source, t: &Target, store_choice: Option<StoreChoice>) -> Resu
             tpm2: c.tpm2,
             pcrs: c.pcrs,
             recovery_key_file: c.recovery_key_file,
+            passphrase: c.passphrase,
         });
     }
     let rest = tables.backup_offset.saturating_sub(store_part.offset() + store_part.size());
@@ -314,7 +320,7 @@ fn read_at(direct: Option<&File>, buffered: &File, buf: &mut [u8], at: u64) -> s
 }
 
 /// Carries out `plan`, skipping what `state_file` says is done.
-pub fn apply(plan: &Plan, state_file: &Path, steps: &Steps) -> Result<Applied> {
+pub fn apply(plan: &Plan, state_file: &Path, steps: &Steps, passphrase: Option<&str>) -> Result<Applied> {
     let mut state = load_state(state_file, plan).unwrap_or_else(|| State {
         image_sha256: plan.image_sha256.clone(),
         target: plan.target.path.clone(),
@@ -398,7 +404,8 @@ pub fn apply(plan: &Plan, state_file: &Path, steps: &Steps) -> Result<Applied> {
                         }
                     }
                 }
-                Step::InitStore { offset, bytes, tpm2, pcrs, recovery_key_file } => {
+                Step::InitStore { offset, bytes, tpm2, pcrs, recovery_key_file, passphrase: wants_pass } => {
+                    let pass = if *wants_pass { Some(passphrase.context("the plan wants a passphrase and none was given")?) } else { None };
                     let dev = StoreDevice::open(&plan.target, *offset, *bytes)?;
                     // A re-run starts the store afresh: it holds nothing yet.
                     OpenOptions::new().write(true).open(&dev.path)?.write_all_at(&vec![0u8; STORE_WIPE], 0)?;
@@ -407,9 +414,10 @@ pub fn apply(plan: &Plan, state_file: &Path, steps: &Steps) -> Result<Applied> {
                         tpm2: if *tpm2 { store::Tpm2::Yes } else { store::Tpm2::No },
                         pcrs: pcrs.clone(),
                         recovery_key_file: recovery_key_file.clone(),
+                        passphrase: pass.map(str::to_string),
                     };
                     let store_steps = store::plan(&opts, store::tpm2_present(std::time::Duration::ZERO), false)?;
-                    shown_key = store::apply(&store_steps)?;
+                    shown_key = store::apply(&store_steps, pass)?;
                 }
             }
             Ok(())

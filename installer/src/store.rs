@@ -11,6 +11,8 @@ use std::io::Read;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use std::io::Write;
+
 use anyhow::{bail, Context, Result};
 use bpi_support::{progress, Cmd};
 use serde::Serialize;
@@ -43,6 +45,8 @@ pub struct InitOptions {
     pub pcrs: String,
     /// Write the recovery key here (created, mode 0600) instead of showing it.
     pub recovery_key_file: Option<PathBuf>,
+    /// A passphrase the operator typed, enrolled beside the recovery key.
+    pub passphrase: Option<String>,
 }
 
 /// What `init` will do.
@@ -51,6 +55,7 @@ pub struct InitOptions {
 pub enum Step {
     WriteRecoveryKey { path: PathBuf },
     LuksFormat { device: PathBuf },
+    EnrollPassphrase { device: PathBuf },
     EnrollTpm2 { device: PathBuf, pcrs: String },
     ShowRecoveryKey,
 }
@@ -60,6 +65,7 @@ impl std::fmt::Display for Step {
         match self {
             Step::WriteRecoveryKey { path } => write!(f, "write a new random recovery key to {} (mode 0600)", path.display()),
             Step::LuksFormat { device } => write!(f, "format {} as LUKS2, keyed by the recovery key", device.display()),
+            Step::EnrollPassphrase { device } => write!(f, "enroll the operator's passphrase in {}", device.display()),
             Step::EnrollTpm2 { device, pcrs } => {
                 write!(f, "seal a second key to the TPM2 against PCR {pcrs} and enroll it in {}", device.display())
             }
@@ -80,9 +86,9 @@ pub fn plan(opts: &InitOptions, tpm_present: bool, is_luks: bool) -> Result<Vec<
         Tpm2::Yes => true,
         Tpm2::No => false,
     };
-    if !tpm && opts.recovery_key_file.is_none() {
+    if !tpm && opts.recovery_key_file.is_none() && opts.passphrase.is_none() {
         bail!(
-            "without a TPM2 the store can only be unlocked by its recovery key: pass --recovery-key-file PATH to keep it{}",
+            "without a TPM2 a person unlocks the store: pass --recovery-key-file PATH to keep its recovery key, or --passphrase to set one{}",
             if tpm_present { "" } else { " (there is no TPM2 here)" }
         );
     }
@@ -95,6 +101,9 @@ pub fn plan(opts: &InitOptions, tpm_present: bool, is_luks: bool) -> Result<Vec<
         steps.push(Step::WriteRecoveryKey { path: path.clone() });
     }
     steps.push(Step::LuksFormat { device: opts.device.clone() });
+    if opts.passphrase.is_some() {
+        steps.push(Step::EnrollPassphrase { device: opts.device.clone() });
+    }
     if tpm {
         steps.push(Step::EnrollTpm2 { device: opts.device.clone(), pcrs: opts.pcrs.clone() });
     }
@@ -136,14 +145,13 @@ pub fn new_recovery_key() -> Result<String> {
 }
 
 /// Carries out `steps`; returns the recovery key when a step says to show it.
-pub fn apply(steps: &[Step]) -> Result<Option<String>> {
+pub fn apply(steps: &[Step], passphrase: Option<&str>) -> Result<Option<String>> {
     let key = new_recovery_key()?;
     let mut shown = None;
     for step in steps {
         progress::log(&format!("store: {step}"));
         match step {
             Step::WriteRecoveryKey { path } => {
-                use std::io::Write;
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -164,6 +172,22 @@ pub fn apply(steps: &[Step]) -> Result<Option<String>> {
                     .stdin_bytes(key.as_bytes().to_vec())
                     .run()?;
             }
+            Step::EnrollPassphrase { device } => {
+                let pass = passphrase.context("no passphrase was given")?;
+                // Both keys as files in a private tmpfs directory, removed at once:
+                // luksAddKey takes the new key from a file and the old from stdin.
+                let dir = tempfile::Builder::new().prefix("bpi-store-").tempdir_in(private_run()?)?;
+                let new = dir.path().join("new");
+                std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&new)?.write_all(pass.as_bytes())?;
+                let added = Cmd::new("cryptsetup")
+                    .args(["luksAddKey", "--batch-mode", "--key-file", "-", "--new-keyfile"])
+                    .arg(&new)
+                    .arg(device)
+                    .stdin_bytes(key.as_bytes().to_vec())
+                    .run();
+                drop(dir);
+                added?;
+            }
             Step::EnrollTpm2 { device, pcrs } => {
                 Cmd::new("systemd-cryptenroll")
                     .arg("--tpm2-device=auto")
@@ -176,6 +200,14 @@ pub fn apply(steps: &[Step]) -> Result<Option<String>> {
         }
     }
     Ok(shown)
+}
+
+/// A root-only directory on tmpfs for short-lived key files.
+fn private_run() -> Result<PathBuf> {
+    let dir = PathBuf::from("/run/bpi-os/keys");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
 }
 
 pub fn is_luks(device: &Path) -> bool {
@@ -233,12 +265,35 @@ pub fn status(device: &Path) -> Status {
     Status { partition, initialized, tpm2_present, tpm2_enrolled, unlocked, mounted, note }
 }
 
-/// Opens the store (with the TPM2, or the recovery key in `key_file`), makes
+/// What opens the store.
+pub enum Key<'a> {
+    Tpm2,
+    /// A file holding the recovery key (or any enrolled key).
+    File(&'a Path),
+    Passphrase(&'a str),
+}
+
+/// Opens the store (with the TPM2, a key file or a passphrase), makes
 /// its file system on first use, and mounts it at /bpi/data/encrypted.
-pub fn unlock(device: &Path, key_file: Option<&Path>) -> Result<()> {
+pub fn unlock(device: &Path, key: Key<'_>) -> Result<()> {
     let mapped = Path::new("/dev/mapper").join(MAPPER);
     if !mapped.exists() {
+        let key_file = match key {
+            Key::Tpm2 => None,
+            Key::File(k) => Some(k),
+            Key::Passphrase(p) => {
+                Cmd::new("cryptsetup")
+                    .args(["open", "--key-file", "-"])
+                    .arg(device)
+                    .arg(MAPPER)
+                    .stdin_bytes(p.as_bytes().to_vec())
+                    .run()
+                    .context("the passphrase does not open the store")?;
+                Some(Path::new(""))
+            }
+        };
         match key_file {
+            Some(k) if k.as_os_str().is_empty() => {}
             Some(k) => Cmd::new("cryptsetup").arg("open").arg("--key-file").arg(k).arg(device).arg(MAPPER).run()?,
             None if !tpm2_present(std::time::Duration::from_secs(30)) => {
                 bail!("no TPM2 appeared ({TPM_DEVICE}); unlock with `bpi-os store unlock --recovery-key-file PATH`")
@@ -319,6 +374,7 @@ mod tests {
             tpm2,
             pcrs: "7".into(),
             recovery_key_file: file.then(|| "/root/rk".into()),
+            passphrase: None,
         }
     }
 
@@ -328,6 +384,11 @@ mod tests {
         assert_eq!(with_tpm.len(), 3);
         assert!(matches!(with_tpm[1], Step::EnrollTpm2 { .. }));
         assert_eq!(with_tpm[2], Step::ShowRecoveryKey);
+        let mut with_pass = opts(Tpm2::No, false);
+        with_pass.passphrase = Some("correct horse".into());
+        let p = plan(&with_pass, true, false).unwrap();
+        assert_eq!(p[1], Step::EnrollPassphrase { device: "/dev/vdb4".into() });
+        assert_eq!(p.last(), Some(&Step::ShowRecoveryKey));
         let no_tpm = plan(&opts(Tpm2::Auto, false), false, false).unwrap_err().to_string();
         assert!(no_tpm.contains("--recovery-key-file") && no_tpm.contains("no TPM2 here"), "{no_tpm}");
         let file = plan(&opts(Tpm2::Auto, true), false, false).unwrap();

@@ -58,6 +58,8 @@ fn installs_onto_a_second_disk_by_id_and_that_disk_boots_alone() -> Result<()> {
     // through device-mapper; a mounted disk.
     let own = vm.sh_any("bpi-os install --disk /dev/vda --image /mnt --yes --force")?;
     ensure!(own.code != 0 && own.stderr.contains("holds the running root"), "installing onto the live disk: {own:?}");
+    // Its root and verity partitions are held by the verity device: the holder check, for real.
+    ensure!(own.stderr.contains("device-mapper root"), "the dm holder of the live disk was not named: {}", own.stderr);
     let mounted = vm.sh_any("bpi-os install --disk /dev/disk/by-id/virtio-bpi-media --image /mnt --yes --force")?;
     ensure!(mounted.code != 0 && mounted.stderr.contains("is mounted at /mnt"), "installing onto a mounted disk: {mounted:?}");
 
