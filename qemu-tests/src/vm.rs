@@ -118,8 +118,10 @@ impl Machine {
             None => None,
             Some(state) => {
                 let (child, ctrl) = start_swtpm(state, &self.path("swtpm.sock"))?;
+                // CRB, not TIS: under TCG every TIS FIFO byte is a trapped MMIO
+                // access, slow enough that the kernel's TPM timeouts fired.
                 cmd.args(["-chardev", &format!("socket,id=chrtpm,path={}", ctrl.display())])
-                    .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]);
+                    .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-crb,tpmdev=tpm0"]);
                 Some(child)
             }
         };
