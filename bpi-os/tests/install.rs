@@ -314,12 +314,6 @@ impl Drop for Loop {
     }
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-}
 
 fn run(cmd: &str, args: &[&str]) {
     let o = Command::new(cmd).args(args).output().unwrap();
@@ -340,7 +334,7 @@ fn ends(dev: &Path) -> (Vec<u8>, Vec<u8>) {
 
 #[test]
 fn disks_in_use_are_refused_mounted_mapped_swap_and_the_running_root() {
-    if !is_root() {
+    if !bpi_support::host::is_root() {
         eprintln!("SKIP: loop devices, mounts and swap need root");
         return;
     }
@@ -425,7 +419,7 @@ fn disks_in_use_are_refused_mounted_mapped_swap_and_the_running_root() {
 
 #[test]
 fn without_a_tpm_the_store_is_keyed_by_the_recovery_key_file() {
-    if !is_root() {
+    if !bpi_support::host::is_root() {
         eprintln!("SKIP: the store is formatted through a loop device, which needs root");
         return;
     }
@@ -461,7 +455,7 @@ fn without_a_tpm_the_store_is_keyed_by_the_recovery_key_file() {
 
 #[test]
 fn a_passphrase_and_the_shown_recovery_key_both_open_the_store() {
-    if !is_root() {
+    if !bpi_support::host::is_root() {
         eprintln!("SKIP: the store is formatted through a loop device, which needs root");
         return;
     }

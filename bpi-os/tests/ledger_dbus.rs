@@ -16,11 +16,7 @@ const NOBODY: u32 = 65534;
 const SEED_EXAMPLE: &str = r#"{"bridge_name": "ovsbr0", "uplink_interface": "enp2s0", "configuration": {"stp": false}}"#;
 
 fn can_run() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
-    if !root {
+    if !bpi_support::host::is_root() {
         eprintln!("SKIP: calling the bus as another user needs root");
         return false;
     }

@@ -4,6 +4,7 @@
 
 pub mod cmd;
 pub mod digest;
+pub mod host;
 pub mod notify;
 pub mod progress;
 

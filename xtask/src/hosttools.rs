@@ -52,7 +52,7 @@ pub fn ensure(sets: &[&[(&str, &str)]]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    if !nix_is_root() {
+    if !bpi_support::host::is_root() {
         bail!(
             "missing host packages: {}. Install them with: sudo apt-get install {}",
             missing.join(", "),
@@ -74,9 +74,3 @@ pub fn ensure(sets: &[&[(&str, &str)]]) -> Result<()> {
     Ok(())
 }
 
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
-}

@@ -214,7 +214,7 @@ fn a_second_writer_is_refused_and_limits_refuse_alone() {
 
 #[test]
 fn the_log_is_append_only_where_the_file_system_allows() {
-    if !nix_is_root() {
+    if !bpi_support::host::is_root() {
         eprintln!("SKIP: setting the append-only attribute needs root (CAP_LINUX_IMMUTABLE)");
         return;
     }
@@ -241,10 +241,3 @@ fn the_log_is_append_only_where_the_file_system_allows() {
     std::process::Command::new("chattr").arg("-a").arg(&log).status().unwrap();
 }
 
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"))
-}
