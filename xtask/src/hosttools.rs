@@ -18,6 +18,10 @@ pub const BUILD: &[(&str, &str)] = &[
     ("systemctl", "systemd"),
     ("systemd-sysusers", "systemd"),
     ("zstd", "zstd"),
+    // The data plane's eBPF C, compiled with clang -target bpf.
+    ("clang", "clang"),
+    ("/usr/include/bpf/bpf_helpers.h", "libbpf-dev"),
+    ("/usr/include/linux/bpf.h", "linux-libc-dev"),
 ];
 
 pub const TEST: &[(&str, &str)] = &[
@@ -29,6 +33,14 @@ pub const TEST: &[(&str, &str)] = &[
     ("chattr", "e2fsprogs"),
     // Software TPM2 for the encrypted store's QEMU tests.
     ("swtpm", "swtpm"),
+    // The data plane's veth tests and benchmarks: traffic, VLAN offload off,
+    // and the reference filters (xdp-filter, nftables) and generator (trafgen).
+    ("ip", "iproute2"),
+    ("ping", "iputils-ping"),
+    ("ethtool", "ethtool"),
+    ("xdp-filter", "xdp-tools"),
+    ("nft", "nftables"),
+    ("trafgen", "netsniff-ng"),
 ];
 
 fn present(what: &str) -> bool {
