@@ -112,7 +112,13 @@ pub mod frames {
 
     /// Ethernet header, then the VLAN tags (outer first, each (tpid, vid)), then `payload`.
     pub fn ethernet(vlans: &[(u16, u16)], ethertype: u16, payload: &[u8]) -> Vec<u8> {
-        let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+        ethernet_to([0x02, 0, 0, 0, 0, 2], vlans, ethertype, payload)
+    }
+
+    /// As [`ethernet`], to the MAC address `dst`.
+    pub fn ethernet_to(dst: [u8; 6], vlans: &[(u16, u16)], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = dst.to_vec();
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]);
         let mut types: Vec<u16> = vlans.iter().map(|v| v.0).collect();
         types.push(ethertype);
         f.extend_from_slice(&types[0].to_be_bytes());
@@ -156,6 +162,22 @@ pub mod frames {
         h
     }
 
+    /// A TCP SYN (20-byte header, checksum left 0) followed by `payload`.
+    pub fn tcp_syn(dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut h = vec![0x30, 0x39];
+        h.extend_from_slice(&dport.to_be_bytes());
+        h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        h.extend_from_slice(payload);
+        h
+    }
+
+    /// An ICMP (`kind` 8) or ICMPv6 (`kind` 128) echo request carrying `payload`.
+    pub fn echo(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut h = vec![kind, 0, 0, 0, 0x12, 0x34, 0, 1];
+        h.extend_from_slice(payload);
+        h
+    }
+
     /// A UDP header (checksum left 0) and `payload`.
     pub fn udp(dport: u16, payload: &[u8]) -> Vec<u8> {
         let mut h = vec![0x30, 0x39];
@@ -165,4 +187,33 @@ pub mod frames {
         h.extend_from_slice(payload);
         h
     }
+}
+
+/// A trafgen(8) packet configuration holding `frames`, sent round robin.
+pub fn trafgen_config(frames: &[Vec<u8>]) -> String {
+    frames
+        .iter()
+        .map(|f| format!("{{ {} }}\n", f.iter().map(|b| format!("0x{b:02x}")).collect::<Vec<_>>().join(", ")))
+        .collect()
+}
+
+/// Sends `count` frames (round robin over `frames`) out of `ifname` in `ns` with trafgen.
+pub fn trafgen(ns: &Netns, ifname: &str, frames: &[Vec<u8>], count: u64) -> Result<()> {
+    let mut conf = tempfile::Builder::new().prefix("bpi-trafgen-").suffix(".cfg").tempfile()?;
+    std::io::Write::write_all(&mut conf, trafgen_config(frames).as_bytes())?;
+    ns.cmd("trafgen")
+        .args(["--dev", ifname, "--in"])
+        .arg(conf.path())
+        .args(["--num", &count.to_string(), "--cpus", "1"])
+        .run()?;
+    Ok(())
+}
+
+/// The MAC address of `ifname` in `ns`.
+pub fn mac(ns: &Netns, ifname: &str) -> Result<[u8; 6]> {
+    let out = Cmd::new("ip").args(["-n", &ns.name, "-j", "link", "show", "dev", ifname]).output()?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("parsing `ip -j link`")?;
+    let text = v[0]["address"].as_str().context("no address in `ip -j link`")?;
+    let bytes: Vec<u8> = text.split(':').filter_map(|h| u8::from_str_radix(h, 16).ok()).collect();
+    bytes.try_into().map_err(|_| anyhow::anyhow!("bad MAC {text}"))
 }
