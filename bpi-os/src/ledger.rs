@@ -321,6 +321,17 @@ fn append(
     Ok(())
 }
 
+/// Records a state change made by another command through the ledger
+/// service. Without a service on the bus (a host, a test) it says so on
+/// stderr: the change itself stands.
+pub fn record(category: &str, action: &str, data: &serde_json::Value) {
+    match via_service(None, category, action, &data.to_string()) {
+        Ok(Some((height, _))) => eprintln!("bpi-os: recorded in the ledger as block {height}"),
+        Ok(None) => eprintln!("bpi-os: note: not recorded in the ledger: bpi-ledger.service is not on the bus"),
+        Err(e) => eprintln!("bpi-os: warning: not recorded in the ledger: {e:#}"),
+    }
+}
+
 /// Appends through the service; `None` when no service is on the bus.
 fn via_service(bus: Option<&str>, category: &str, action: &str, data: &str) -> Result<Option<(u64, String)>> {
     let conn = match service::connect(bus) {

@@ -2,6 +2,7 @@
 
 mod install;
 mod ledger;
+mod nxos;
 mod status;
 mod store;
 
@@ -34,6 +35,8 @@ enum Command {
         #[command(subcommand)]
         command: ledger::LedgerCommand,
     },
+    /// The NXOS DRX network runtime: data plane (ebpf) and trust.
+    Nxos(nxos::NxosArgs),
 }
 
 fn main() {
@@ -43,6 +46,7 @@ fn main() {
         Command::Ledger { command } => ledger::run(command),
         Command::Install(args) => install::run(args),
         Command::Store { command } => store::run(command),
+        Command::Nxos(args) => nxos::run(args),
     };
     if let Err(e) = result {
         eprintln!("bpi-os: error: {e:#}");

@@ -128,23 +128,37 @@ pub fn program<'a>(ebpf: &'a Ebpf, program: &str) -> Result<&'a Xdp> {
     Ok(ebpf.program(program).with_context(|| format!("the object has no program '{program}'"))?.try_into()?)
 }
 
+/// What attaching to an interface will do, computed before anything changes.
 #[derive(Clone, Debug, Serialize)]
-pub struct Attached {
+pub struct AttachPlan {
     pub interface: String,
     pub if_index: u32,
     pub program: String,
     pub mode: Mode,
-    /// True when our earlier attachment's program was swapped in place.
-    pub replaced: bool,
+    /// Our program is already attached there: swap the program under the
+    /// same link (a restart leaves no moment without a filter).
+    pub replace: bool,
+    /// A link pin of ours whose attachment is gone (the interface was
+    /// recreated): removed first.
+    pub stale_pin: bool,
 }
 
-/// Attaches `program` to `interface`, or swaps the program under our existing
-/// attachment there (a restart: no moment without a filter).
-pub fn attach(pin_dir: &Path, program: &str, interface: &str, mode: Mode, defaults: Settings) -> Result<Attached> {
+impl std::fmt::Display for AttachPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verb = if self.replace { "swap in a fresh" } else { "attach" };
+        write!(f, "{verb} {} on {} (ifindex {}) in {:?} mode", self.program, self.interface, self.if_index, self.mode)?;
+        if self.stale_pin {
+            write!(f, ", after removing a stale link pin")?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks everything attaching needs and says what it will do.
+pub fn plan_attach(pin_dir: &Path, program: &str, interface: &str, mode: Mode) -> Result<AttachPlan> {
     check_program(program)?;
     let if_index = if_index(interface)?;
-    let path = link_path(pin_dir, interface);
-    let ours = path.exists();
+    let ours = link_path(pin_dir, interface).exists();
     let current = hook(interface)?;
     match (&current, ours) {
         (Some(h), false) => bail!(
@@ -160,27 +174,45 @@ pub fn attach(pin_dir: &Path, program: &str, interface: &str, mode: Mode, defaul
         ),
         _ => {}
     }
-    let mut ebpf = load(pin_dir, program, defaults)?;
-    let prog: &mut Xdp = ebpf.program_mut(program).context("program vanished")?.try_into()?;
-    let replaced = ours && current.is_some();
-    let link = if replaced {
+    Ok(AttachPlan {
+        interface: interface.into(),
+        if_index,
+        program: program.into(),
+        mode,
+        replace: ours && current.is_some(),
+        stale_pin: ours && current.is_none(),
+    })
+}
+
+/// Carries out `plan`, initialising fresh tables with `defaults`.
+pub fn apply_attach(pin_dir: &Path, plan: &AttachPlan, defaults: Settings) -> Result<()> {
+    let path = link_path(pin_dir, &plan.interface);
+    let mut ebpf = load(pin_dir, &plan.program, defaults)?;
+    let prog: &mut Xdp = ebpf.program_mut(&plan.program).context("program vanished")?.try_into()?;
+    let link = if plan.replace {
         let pinned = PinnedLink::from_pin(&path).with_context(|| format!("opening our link {}", path.display()))?;
         let fd_link = pinned.unpin().with_context(|| format!("unpinning {}", path.display()))?;
         let id = prog.attach_to_link(fd_link.try_into()?).context("swapping the program under our link")?;
         prog.take_link(id)?
     } else {
-        if ours {
-            // A pin whose interface went away and came back: stale.
+        if plan.stale_pin {
             fs::remove_file(&path).with_context(|| format!("removing stale link {}", path.display()))?;
         }
-        let id = prog.attach(interface, mode.xdp()).map_err(|e| attach_error(e, interface, mode))?;
+        let id = prog.attach(&plan.interface, plan.mode.xdp()).map_err(|e| attach_error(e, &plan.interface, plan.mode))?;
         prog.take_link(id)?
     };
     let fd_link: FdLink = link
         .try_into()
         .context("the kernel attached through netlink, not a bpf_link; bpi-os needs bpf_link XDP (Linux 5.9 or later)")?;
     fd_link.pin(&path).with_context(|| format!("pinning the link at {}", path.display()))?;
-    Ok(Attached { interface: interface.into(), if_index, program: program.into(), mode, replaced })
+    Ok(())
+}
+
+/// Plans and applies in one go.
+pub fn attach(pin_dir: &Path, program: &str, interface: &str, mode: Mode, defaults: Settings) -> Result<AttachPlan> {
+    let plan = plan_attach(pin_dir, program, interface, mode)?;
+    apply_attach(pin_dir, &plan, defaults)?;
+    Ok(plan)
 }
 
 fn attach_error(e: ProgramError, interface: &str, mode: Mode) -> anyhow::Error {

@@ -333,7 +333,7 @@ fn refuses_an_interface_someone_else_attached_to_and_unknown_interfaces() {
     bed.attach(Mode::Native);
     let first = bed.far.run(|| attach::hook("vb")).unwrap().unwrap().unwrap();
     let again = bed.far.run(|| attach::attach(&pin_dir, PROGRAM, "vb", Mode::Native, Settings::default())).unwrap().unwrap();
-    assert!(again.replaced);
+    assert!(again.replace);
     let second = bed.far.run(|| attach::hook("vb")).unwrap().unwrap().unwrap();
     assert_ne!(first.program_id, second.program_id);
     assert_eq!(second.mode, "native");

@@ -155,6 +155,33 @@ impl LedgerPlugin for StoragePlugin {
     }
 }
 
+/// The DRX runtime: data-plane programs ("ebpf") and trust changes ("trust").
+pub struct DrxPlugin;
+
+impl LedgerPlugin for DrxPlugin {
+    fn name(&self) -> &str {
+        "drx-plugin"
+    }
+    fn categories(&self) -> Vec<String> {
+        ["ebpf", "trust"].map(String::from).to_vec()
+    }
+    fn validate_data(&self, category: &str, d: &Value) -> Result<(), String> {
+        match category {
+            "ebpf" => {
+                ifname(d, "interface", true)?;
+                text(d, "program", true)?;
+            }
+            _ => {
+                let changes = d.get("changes").ok_or("missing \"changes\"")?;
+                if !changes.as_array().is_some_and(|a| !a.is_empty()) {
+                    return Err("\"changes\" must be a non-empty list".into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The plugins in force, by category.
 pub struct Plugins {
     list: Vec<Box<dyn LedgerPlugin>>,
@@ -162,7 +189,7 @@ pub struct Plugins {
 
 impl Default for Plugins {
     fn default() -> Self {
-        Plugins { list: vec![Box::new(NetworkPlugin), Box::new(SettingsPlugin), Box::new(UserPlugin), Box::new(StoragePlugin)] }
+        Plugins { list: vec![Box::new(NetworkPlugin), Box::new(SettingsPlugin), Box::new(UserPlugin), Box::new(StoragePlugin), Box::new(DrxPlugin)] }
     }
 }
 
@@ -224,6 +251,8 @@ mod tests {
             ("storage", r#"{"path":"relative"}"#, "absolute"),
             ("storage", r#"{}"#, "names no"),
             ("port", r#"{"port":7}"#, "must be a string"),
+            ("ebpf", r#"{"interface":"eth0"}"#, "missing \"program\""),
+            ("trust", r#"{"changes":[]}"#, "non-empty list"),
         ];
         for (cat, data, want) in cases {
             let e = p.prepare(cat, data).unwrap_err().to_string();
@@ -245,6 +274,8 @@ mod tests {
             ("policy", r#"{"key":"trust_floor","value":0.7}"#),
             ("auth", r#"{"username":"root","result":"denied"}"#),
             ("mount", r#"{"path":"/bpi/data","device":"/dev/vda4"}"#),
+            ("ebpf", r#"{"interface":"ens3","program":"xdp_trust_routing","mode":"native"}"#),
+            ("trust", r#"{"changes":[{"write":"put_node","node":7,"score":850000}]}"#),
         ] {
             p.prepare(cat, data).unwrap_or_else(|e| panic!("{cat}: {e}"));
         }

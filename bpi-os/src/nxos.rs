@@ -1,0 +1,388 @@
+//! `bpi-os nxos ...`: the DRX runtime. Thin dispatch onto bpi-drx-data.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use bpi_drx_data::{
+    attach::{self, Mode},
+    config,
+    layout::{parse_score, score_to_f64, Reason, Settings, Verdict},
+    plan::{plan, Op, Plan},
+    prefix::Prefix,
+    tables::Tables,
+    DEFAULT_PIN_DIR,
+};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use crate::ledger::record;
+
+#[derive(Args)]
+pub struct NxosArgs {
+    /// Where the data plane's maps and links are pinned (a bpf file system).
+    #[arg(long, global = true, env = "BPI_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    #[command(subcommand)]
+    command: NxosCommand,
+}
+
+#[derive(Subcommand)]
+enum NxosCommand {
+    /// The XDP data plane: load, unload, status.
+    Ebpf {
+        #[command(subcommand)]
+        command: EbpfCommand,
+    },
+    /// Trust scores and the prefixes they apply to, in the data plane's maps.
+    Trust {
+        #[command(subcommand)]
+        command: TrustCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EbpfCommand {
+    /// Attach a program to an interface (or to every interface in --config).
+    Load {
+        #[arg(long, default_value = "xdp_trust_routing")]
+        program: String,
+        #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+        interface: Option<String>,
+        #[arg(long, default_value = "native")]
+        mode: Mode,
+        /// Interfaces, mode and settings from this file (bpi-drx-data.service uses /bpi/config/system/drx-data.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach our program from an interface, or from all of them.
+    Unload {
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        interface: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Attached programs, their modes, the settings and the counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TrustCommand {
+    /// Set node scores (0..1); repeat --node-id/--score for one atomic batch.
+    Update {
+        #[arg(long = "node-id", required = true)]
+        node_ids: Vec<u32>,
+        #[arg(long = "score", required = true, allow_negative_numbers = true)]
+        scores: Vec<String>,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Map prefixes to nodes; repeat --prefix/--node-id for one atomic batch.
+    Map {
+        #[arg(long = "prefix", required = true)]
+        prefixes: Vec<String>,
+        #[arg(long = "node-id", required = true)]
+        node_ids: Vec<u32>,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove prefixes.
+    Unmap {
+        #[arg(long = "prefix", required = true)]
+        prefixes: Vec<String>,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove nodes' scores (their prefixes then count as unknown).
+    Remove {
+        #[arg(long = "node-id", required = true)]
+        node_ids: Vec<u32>,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the threshold and verdicts.
+    Settings {
+        /// Destinations scoring below this (0..1) are dropped.
+        #[arg(long)]
+        threshold: Option<String>,
+        /// Verdict for destinations no prefix covers: pass or drop.
+        #[arg(long)]
+        unknown_verdict: Option<Verdict>,
+        /// Verdict for frames the program cannot parse: pass or drop.
+        #[arg(long)]
+        default_verdict: Option<Verdict>,
+        /// The exact-match cache in front of the tries: on or off.
+        #[arg(long)]
+        cache: Option<OnOff>,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Nodes, prefixes and per-prefix counters.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+pub fn run(args: NxosArgs) -> Result<()> {
+    let dir = args.pin_dir.as_path();
+    match args.command {
+        NxosCommand::Ebpf { command } => match command {
+            EbpfCommand::Load { program, interface, mode, config, dry_run, json } => load(dir, &program, interface, mode, config, dry_run, json),
+            EbpfCommand::Unload { interface, all, dry_run } => unload(dir, interface, all, dry_run),
+            EbpfCommand::Status { json } => status(dir, json),
+        },
+        NxosCommand::Trust { command } => trust(dir, command),
+    }
+}
+
+fn load(dir: &Path, program: &str, interface: Option<String>, mode: Mode, config: Option<PathBuf>, dry_run: bool, json: bool) -> Result<()> {
+    let (interfaces, mode, settings) = match &config {
+        Some(path) => {
+            let c = config::load(path)?;
+            if c.interfaces.is_empty() {
+                eprintln!("bpi-os: note: {} names no interfaces; nothing to attach", path.display());
+            }
+            (c.interfaces, c.mode, c.settings)
+        }
+        None => (interface.into_iter().collect(), mode, Settings::default()),
+    };
+    // Every interface is checked before any is touched.
+    let plans = interfaces.iter().map(|i| attach::plan_attach(dir, program, i, mode)).collect::<Result<Vec<_>>>()?;
+    if dry_run {
+        for p in &plans {
+            println!("would {p}; maps under {}", dir.display());
+        }
+        return Ok(());
+    }
+    let mut done = Vec::new();
+    for p in &plans {
+        attach::apply_attach(dir, p, settings)?;
+        record("ebpf", "load", &json!({ "interface": p.interface, "program": p.program, "mode": p.mode, "replaced": p.replace }));
+        if !json {
+            println!("{}", if p.replace { format!("swapped {} on {}", p.program, p.interface) } else { format!("attached {} to {} ({:?} mode)", p.program, p.interface, p.mode) });
+        }
+        done.push(p.clone());
+    }
+    if config.is_some() {
+        // The file's settings win over whatever the maps held before.
+        apply_ops(dir, vec![Op::Settings(settings)], false, true)?;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+    }
+    Ok(())
+}
+
+fn unload(dir: &Path, interface: Option<String>, all: bool, dry_run: bool) -> Result<()> {
+    let targets = if all { attach::attached_interfaces(dir)? } else { interface.into_iter().collect() };
+    if !all {
+        for t in &targets {
+            if !attach::attached_interfaces(dir)?.contains(t) {
+                bail!("bpi-os has no program attached to '{t}' (see `bpi-os nxos ebpf status`)");
+            }
+        }
+    }
+    for t in &targets {
+        if dry_run {
+            println!("would detach from {t}");
+            continue;
+        }
+        attach::detach(dir, t)?;
+        record("ebpf", "unload", &json!({ "interface": t, "program": "xdp_trust_routing" }));
+        println!("detached from {t}");
+    }
+    if targets.is_empty() {
+        println!("nothing attached");
+    }
+    Ok(())
+}
+
+fn counters_json(tables: &Tables) -> Result<serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    for (r, c) in tables.reason_counters()? {
+        out.insert(r.name().into(), json!({ "packets": c.packets, "bytes": c.bytes }));
+    }
+    Ok(out.into())
+}
+
+fn settings_json(s: &Settings) -> serde_json::Value {
+    json!({
+        "threshold": score_to_f64(s.threshold),
+        "unknown_verdict": s.unknown_verdict,
+        "default_verdict": s.default_verdict,
+        "cache": s.cache,
+    })
+}
+
+fn status(dir: &Path, json: bool) -> Result<()> {
+    let links = attach::links(dir)?;
+    let tables = Tables::open(dir).ok();
+    if json {
+        let mut v = json!({ "pin_dir": dir, "loaded": tables.is_some(), "links": links });
+        if let Some(t) = &tables {
+            v["version"] = json!(t.version()?);
+            v["settings"] = settings_json(&t.settings()?);
+            v["counters"] = counters_json(t)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let Some(t) = tables else {
+        println!("data plane: not loaded (no maps under {})", dir.display());
+        return Ok(());
+    };
+    let s = t.settings()?;
+    println!(
+        "data plane: maps under {}, version {}, threshold {:.6}, unknown {:?}, unparseable {:?}, cache {}",
+        dir.display(),
+        t.version()?,
+        score_to_f64(s.threshold),
+        s.unknown_verdict,
+        s.default_verdict,
+        if s.cache { "on" } else { "off" }
+    );
+    if links.is_empty() {
+        println!("attached: nothing");
+    }
+    for l in &links {
+        match (&l.if_index, &l.hook) {
+            (Some(i), Some(h)) => println!("attached: {} (ifindex {i}) {} mode, program '{}' id {}", l.interface, h.mode, h.program_name, h.program_id),
+            (Some(i), None) => println!("attached: {} (ifindex {i}) link pinned but the hook is empty", l.interface),
+            (None, _) => println!("attached: {} is gone; `bpi-os nxos ebpf unload --interface {}` clears the pin", l.interface, l.interface),
+        }
+    }
+    for (r, c) in t.reason_counters()? {
+        let verdict = match r {
+            Reason::Trusted | Reason::NotIp => "pass",
+            Reason::LowTrust => "drop",
+            Reason::Unknown => if s.unknown_verdict == Verdict::Drop { "drop" } else { "pass" },
+            Reason::Malformed | Reason::Unparsed => if s.default_verdict == Verdict::Drop { "drop" } else { "pass" },
+            Reason::CacheHit | Reason::CacheMiss => "-",
+        };
+        println!("  {:<11} {:>4} {:>12} packets {:>14} bytes", r.name(), verdict, c.packets, c.bytes);
+    }
+    Ok(())
+}
+
+fn pairs<A, B>(a: Vec<A>, b: Vec<B>, what: &str) -> Result<Vec<(A, B)>> {
+    if a.len() != b.len() {
+        bail!("{what}: give them in pairs ({} and {})", a.len(), b.len());
+    }
+    Ok(a.into_iter().zip(b).collect())
+}
+
+fn parse_prefixes(texts: &[String]) -> Result<Vec<Prefix>> {
+    texts.iter().map(|t| t.parse()).collect()
+}
+
+fn trust(dir: &Path, command: TrustCommand) -> Result<()> {
+    // Input is checked in full before the maps are opened.
+    let (ops, dry_run, json) = match command {
+        TrustCommand::Update { node_ids, scores, dry_run, json } => {
+            let ops = pairs(node_ids, scores, "--node-id and --score")?
+                .into_iter()
+                .map(|(node, s)| Ok(Op::SetScore { node, score: parse_score(&s).with_context(|| format!("node {node}"))? }))
+                .collect::<Result<Vec<_>>>()?;
+            (ops, dry_run, json)
+        }
+        TrustCommand::Map { prefixes, node_ids, dry_run, json } => {
+            let prefixes = parse_prefixes(&prefixes)?;
+            let ops = pairs(prefixes, node_ids, "--prefix and --node-id")?.into_iter().map(|(prefix, node)| Op::MapPrefix { prefix, node }).collect();
+            (ops, dry_run, json)
+        }
+        TrustCommand::Unmap { prefixes, dry_run, json } => {
+            (parse_prefixes(&prefixes)?.into_iter().map(|prefix| Op::UnmapPrefix { prefix }).collect(), dry_run, json)
+        }
+        TrustCommand::Remove { node_ids, dry_run, json } => (node_ids.into_iter().map(|node| Op::RemoveNode { node }).collect(), dry_run, json),
+        TrustCommand::Settings { threshold, unknown_verdict, default_verdict, cache, dry_run, json } => {
+            let threshold = threshold.map(|t| parse_score(&t).context("--threshold")).transpose()?;
+            let mut s = Tables::open(dir)?.settings()?;
+            if let Some(t) = threshold {
+                s.threshold = t;
+            }
+            s.unknown_verdict = unknown_verdict.unwrap_or(s.unknown_verdict);
+            s.default_verdict = default_verdict.unwrap_or(s.default_verdict);
+            if let Some(c) = cache {
+                s.cache = matches!(c, OnOff::On);
+            }
+            (vec![Op::Settings(s)], dry_run, json)
+        }
+        TrustCommand::Show { json } => return show(dir, json),
+    };
+    apply_ops(dir, ops, dry_run, json)
+}
+
+fn apply_ops(dir: &Path, ops: Vec<Op>, dry_run: bool, json: bool) -> Result<()> {
+    let mut tables = Tables::open(dir)?;
+    let routes = if Plan::touches_routes(&ops) { tables.routes()? } else { BTreeMap::new() };
+    let plan = plan(&ops, &routes)?;
+    if dry_run {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            for w in &plan.writes {
+                println!("would write: {}", serde_json::to_string(w)?);
+            }
+        }
+        return Ok(());
+    }
+    let applied = tables.apply(&plan)?;
+    record("trust", "update", &json!({ "version": applied.version, "changes": plan.writes }));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&applied)?);
+    } else {
+        println!("applied {} change(s) as version {}{}", applied.writes, applied.version, if applied.resynced { " (first re-synced the idle tables)" } else { "" });
+    }
+    Ok(())
+}
+
+fn show(dir: &Path, json: bool) -> Result<()> {
+    let tables = Tables::open(dir)?;
+    let snap = tables.snapshot()?;
+    let mut prefixes = Vec::new();
+    for (p, r) in &snap.routes {
+        let c = tables.prefix_counter(r.slot)?;
+        prefixes.push(json!({ "prefix": p, "node_id": r.node, "score": snap.nodes.get(&r.node).map(|s| score_to_f64(*s)), "packets": c.packets, "bytes": c.bytes }));
+    }
+    if json {
+        let nodes: BTreeMap<String, f64> = snap.nodes.iter().map(|(n, s)| (n.to_string(), score_to_f64(*s))).collect();
+        println!("{}", serde_json::to_string_pretty(&json!({ "version": snap.version, "settings": settings_json(&snap.settings), "nodes": nodes, "prefixes": prefixes }))?);
+        return Ok(());
+    }
+    println!("version {}, threshold {:.6}", snap.version, score_to_f64(snap.settings.threshold));
+    for (n, s) in &snap.nodes {
+        println!("node {n}: score {:.6}{}", score_to_f64(*s), if *s < snap.settings.threshold { " (dropped)" } else { "" });
+    }
+    for p in &prefixes {
+        println!("{} -> node {} ({} packets)", p["prefix"].as_str().unwrap_or(""), p["node_id"], p["packets"]);
+    }
+    Ok(())
+}
