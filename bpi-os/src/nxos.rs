@@ -182,6 +182,11 @@ fn load(dir: &Path, program: &str, interface: Option<String>, mode: Mode, config
         }
         return Ok(());
     }
+    if config.is_some() {
+        // The tables exist whenever the service runs, attached or not, so the
+        // control plane and `nxos trust` can fill them.
+        attach::load(dir, program, settings)?;
+    }
     let mut done = Vec::new();
     for p in &plans {
         attach::apply_attach(dir, p, settings)?;
@@ -193,7 +198,7 @@ fn load(dir: &Path, program: &str, interface: Option<String>, mode: Mode, config
     }
     if config.is_some() {
         // The file's settings win over whatever the maps held before.
-        apply_ops(dir, vec![Op::Settings(settings)], false, true)?;
+        apply_ops(dir, vec![Op::Settings(settings)], false, json)?;
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&done)?);
@@ -261,12 +266,12 @@ fn status(dir: &Path, json: bool) -> Result<()> {
     };
     let s = t.settings()?;
     println!(
-        "data plane: maps under {}, version {}, threshold {:.6}, unknown {:?}, unparseable {:?}, cache {}",
+        "data plane: maps under {}, version {}, threshold {:.6}, unknown {}, unparseable {}, cache {}",
         dir.display(),
         t.version()?,
         score_to_f64(s.threshold),
-        s.unknown_verdict,
-        s.default_verdict,
+        verdict_name(s.unknown_verdict),
+        verdict_name(s.default_verdict),
         if s.cache { "on" } else { "off" }
     );
     if links.is_empty() {
@@ -283,13 +288,20 @@ fn status(dir: &Path, json: bool) -> Result<()> {
         let verdict = match r {
             Reason::Trusted | Reason::NotIp => "pass",
             Reason::LowTrust => "drop",
-            Reason::Unknown => if s.unknown_verdict == Verdict::Drop { "drop" } else { "pass" },
-            Reason::Malformed | Reason::Unparsed => if s.default_verdict == Verdict::Drop { "drop" } else { "pass" },
+            Reason::Unknown => verdict_name(s.unknown_verdict),
+            Reason::Malformed | Reason::Unparsed => verdict_name(s.default_verdict),
             Reason::CacheHit | Reason::CacheMiss => "-",
         };
         println!("  {:<11} {:>4} {:>12} packets {:>14} bytes", r.name(), verdict, c.packets, c.bytes);
     }
     Ok(())
+}
+
+fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Pass => "pass",
+        Verdict::Drop => "drop",
+    }
 }
 
 fn pairs<A, B>(a: Vec<A>, b: Vec<B>, what: &str) -> Result<Vec<(A, B)>> {

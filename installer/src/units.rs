@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 pub const FILES: &[(&str, &str)] = &[
     ("90-bpi-os.preset", include_str!("../../units/90-bpi-os.preset")),
     ("bpi-config.mount", include_str!("../../units/bpi-config.mount")),
+    ("bpi-drx-data.service", include_str!("../../units/bpi-drx-data.service")),
     ("bpi-ledger.service", include_str!("../../units/bpi-ledger.service")),
     ("bpi-runtime.mount", include_str!("../../units/bpi-runtime.mount")),
     ("bpi-store-init.service", include_str!("../../units/bpi-store-init.service")),

@@ -28,6 +28,10 @@ pub struct VmOptions {
     /// A software TPM2 (swtpm) keeping its state in this directory; machines
     /// given the same directory share one TPM, as one computer's disks do.
     pub tpm_state: Option<PathBuf>,
+    /// A virtio NIC on QEMU's user network (restricted: no way out), with
+    /// this host UDP port on 127.0.0.1 forwarded to the guest's 10.0.2.15 at
+    /// the same port. None: no NIC at all.
+    pub nic_udp_forward: Option<u16>,
 }
 
 /// A raw file attached as a virtio disk and written in place (no overlay).
@@ -48,6 +52,7 @@ impl VmOptions {
             disk_size: "4G",
             extra_disks: Vec::new(),
             tpm_state: None,
+            nic_udp_forward: None,
         }
     }
 }
@@ -107,7 +112,6 @@ impl Machine {
             .args(["-serial", &format!("file:{}", self.path(&format!("serial-{boot_no}.log")).display())])
             .args(["-chardev", &format!("socket,path={},server=on,wait=off,id=qga0", sock.display())])
             .args(["-device", "virtio-serial-pci", "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"])
-            .args(["-nic", "none"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.path(&format!("qemu-{boot_no}.err")))?);
@@ -125,6 +129,15 @@ impl Machine {
                 Some(child)
             }
         };
+        match self.opts.nic_udp_forward {
+            None => {
+                cmd.args(["-nic", "none"]);
+            }
+            Some(port) => {
+                cmd.args(["-netdev", &format!("user,id=net0,restrict=on,hostfwd=udp:127.0.0.1:{port}-10.0.2.15:{port}")])
+                    .args(["-device", "virtio-net-pci,netdev=net0"]);
+            }
+        }
         for (i, d) in self.opts.extra_disks.iter().enumerate() {
             let ro = if d.read_only { ",readonly=on" } else { "" };
             cmd.args(["-drive", &format!("if=none,id=extra{i},format=raw,file={}{ro}", d.file.display())])
@@ -191,7 +204,13 @@ impl Vm<'_> {
                     let state = r.stdout.trim().to_string();
                     if state != "running" {
                         let failed = a.sh("systemctl --failed --no-legend --plain", Duration::from_secs(30))?;
-                        return self.fail(&format!("system state is {state:?}; failed units:\n{}", failed.stdout));
+                        // Each failed unit's own log says why.
+                        let mut why = String::new();
+                        for unit in failed.stdout.lines().filter_map(|l| l.split_whitespace().next()) {
+                            let log = a.sh(&format!("journalctl -b -u {unit} -n 15 --no-pager -o cat"), Duration::from_secs(30))?;
+                            why.push_str(&format!("journal of {unit}:\n    {}\n", log.stdout.trim().replace('\n', "\n    ")));
+                        }
+                        return self.fail(&format!("system state is {state:?}; failed units:\n{}{why}", failed.stdout));
                     }
                     return Ok(self.started.elapsed());
                 }

@@ -1,0 +1,93 @@
+//! End-to-end: bpi-drx-data.service in the booted image attaches
+//! xdp_trust_routing to the guest's virtio NIC, the counters move when the
+//! host sends traffic (through QEMU's user network), a trust change flips the
+//! verdict, the attach is in the ledger, and stopping the unit detaches.
+
+use std::{net::UdpSocket, time::Duration};
+
+use anyhow::{bail, ensure, Context, Result};
+use bpi_qemu_tests::image_dir;
+use bpi_qemu_tests::vm::{Machine, Vm, VmOptions};
+use serde_json::Value;
+
+const DATAGRAMS: u64 = 40;
+
+fn status(vm: &Vm) -> Result<Value> {
+    Ok(serde_json::from_str(&vm.sh("bpi-os nxos ebpf status --json")?)?)
+}
+
+fn packets(status: &Value, reason: &str) -> u64 {
+    status["counters"][reason]["packets"].as_u64().unwrap_or(0)
+}
+
+/// Sends datagrams from the host until the guest's `reason` counter has
+/// moved by at least DATAGRAMS / 2 (the first may wait on ARP in QEMU's slirp).
+fn send_until_counted(vm: &Vm, port: u16, reason: &str) -> Result<u64> {
+    let before = packets(&status(vm)?, reason);
+    let sock = UdpSocket::bind("127.0.0.1:0")?;
+    for round in 0..5 {
+        for i in 0..DATAGRAMS {
+            sock.send_to(format!("bpi-{round}-{i}").as_bytes(), ("127.0.0.1", port))?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let moved = packets(&status(vm)?, reason) - before;
+        if moved >= DATAGRAMS / 2 {
+            return Ok(moved);
+        }
+    }
+    bail!("the guest's '{reason}' counter did not move with host traffic: {}", status(vm)?)
+}
+
+#[test]
+fn data_plane_unit_filters_the_virtio_nic_and_counts_host_traffic() -> Result<()> {
+    let port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut opts = VmOptions::new(image_dir().join("bpi-os.raw"));
+    opts.nic_udp_forward = Some(port);
+    let machine = Machine::new(opts)?;
+    let mut vm = machine.start(1)?;
+    vm.wait_booted()?;
+    vm.check_logs()?;
+
+    // Shipped default: the unit is up and attached to nothing.
+    let state = vm.sh("systemctl show -p ActiveState bpi-drx-data.service")?;
+    ensure!(state.contains("ActiveState=active"), "bpi-drx-data.service: {state}");
+    ensure!(status(&vm)?["links"].as_array().is_some_and(|l| l.is_empty()), "attached with no interfaces configured");
+
+    let links: Value = serde_json::from_str(&vm.sh("ip -j link show")?)?;
+    let nic = links
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["link_type"] == "ether"))
+        .and_then(|l| l["ifname"].as_str())
+        .context("the guest has no Ethernet interface")?
+        .to_string();
+    vm.sh(&format!("ip addr add 10.0.2.15/24 dev {nic} && ip link set {nic} up"))?;
+    vm.sh(&format!(
+        "printf 'interfaces = [\"{nic}\"]\\nmode = \"native\"\\n' > /bpi/config/system/drx-data.toml && systemctl restart bpi-drx-data.service"
+    ))?;
+    let s = status(&vm)?;
+    ensure!(s["links"][0]["interface"] == nic.as_str() && s["links"][0]["hook"]["mode"] == "native", "not attached to {nic}: {s}");
+    ensure!(s["links"][0]["hook"]["program_name"].as_str().is_some_and(|n| n.starts_with("xdp_trust")), "{s}");
+
+    vm.sh("bpi-os nxos trust update --node-id 1 --score 0.9 && bpi-os nxos trust map --prefix 10.0.2.15/32 --node-id 1")?;
+    let trusted = send_until_counted(&vm, port, "trusted")?;
+    vm.sh("bpi-os nxos trust update --node-id 1 --score 0.1")?;
+    let dropped = send_until_counted(&vm, port, "low_trust")?;
+    let shown: Value = serde_json::from_str(&vm.sh("bpi-os nxos trust show --json")?)?;
+    ensure!(shown["prefixes"][0]["packets"].as_u64().unwrap_or(0) >= trusted + dropped, "per-prefix counter: {shown}");
+    eprintln!("guest {nic}: {trusted} host datagrams passed at trust 0.9, {dropped} dropped at 0.1");
+
+    let ledger = vm.sh("bpi-os ledger show --category ebpf --json")?;
+    ensure!(ledger.contains(&nic) && ledger.contains("\"load\""), "the attach is not in the ledger: {ledger}");
+    let ledger = vm.sh("bpi-os ledger show --category trust --json")?;
+    ensure!(ledger.contains("put_route"), "the trust changes are not in the ledger: {ledger}");
+
+    // A restart swaps the program in place; a stop detaches.
+    vm.sh("systemctl restart bpi-drx-data.service")?;
+    ensure!(status(&vm)?["links"][0]["hook"]["mode"] == "native", "not attached after a restart");
+    vm.sh("systemctl stop bpi-drx-data.service")?;
+    let hook = vm.sh(&format!("ip -j -d link show dev {nic}"))?;
+    ensure!(!hook.contains("\"xdp\""), "still attached after stop: {hook}");
+    ensure!(status(&vm)?["links"].as_array().is_some_and(|l| l.is_empty()), "a link pin survived the stop");
+    vm.check_logs()?;
+    vm.poweroff()
+}
