@@ -161,7 +161,7 @@ fn main() -> Result<()> {
     let busy = AtomicBool::new(true);
     let (single, batched) = std::thread::scope(|s| -> Result<(f64, f64)> {
         let traffic = s.spawn(|| {
-            let r = trafgen(&gen, "bg", &[frame.clone()], PACKETS * 2);
+            let r = trafgen(&gen, "bg", std::slice::from_ref(&frame), PACKETS * 2);
             busy.store(false, Ordering::Relaxed);
             r
         });

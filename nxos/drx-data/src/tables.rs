@@ -122,7 +122,7 @@ impl Tables {
     }
 
     pub fn version(&self) -> Result<u64> {
-        Ok(self.version.get(&0, 0).context("reading drx_version")?)
+        self.version.get(&0, 0).context("reading drx_version")
     }
 
     fn settings_of(&self, generation: u32) -> Result<Option<Settings>> {

@@ -173,7 +173,7 @@ impl LedgerPlugin for DrxPlugin {
             }
             _ => {
                 let changes = d.get("changes").ok_or("missing \"changes\"")?;
-                if !changes.as_array().is_some_and(|a| !a.is_empty()) {
+                if changes.as_array().is_none_or(|a| a.is_empty()) {
                     return Err("\"changes\" must be a non-empty list".into());
                 }
             }
