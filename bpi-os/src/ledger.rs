@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use bpi_ledger::service::{self, Ledger1ProxyBlocking, ServeOptions};
+use bpi_ledger::service::{self, ServeOptions};
 use bpi_ledger::store::{self, StoreOptions, DEFAULT_DIR, DEFAULT_KEY};
 use bpi_ledger::time::{fmt_utc, parse_utc};
 use bpi_ledger::{plugins::Plugins, proof, verify, Block};
@@ -321,36 +321,14 @@ fn append(
     Ok(())
 }
 
-/// Records a state change made by another command through the ledger
-/// service. Without a service on the bus (a host, a test) it says so on
-/// stderr: the change itself stands.
+/// Records a state change made by another command; without a ledger service
+/// on the bus (a host, a test) it says so on stderr: the change itself stands.
 pub fn record(category: &str, action: &str, data: &serde_json::Value) {
-    match via_service(None, category, action, &data.to_string()) {
-        Ok(Some((height, _))) => eprintln!("bpi-os: recorded in the ledger as block {height}"),
-        Ok(None) => eprintln!("bpi-os: note: not recorded in the ledger: bpi-ledger.service is not on the bus"),
-        Err(e) => eprintln!("bpi-os: warning: not recorded in the ledger: {e:#}"),
-    }
+    eprintln!("bpi-os: {}", service::record(category, action, data));
 }
 
-/// Appends through the service; `None` when no service is on the bus.
 fn via_service(bus: Option<&str>, category: &str, action: &str, data: &str) -> Result<Option<(u64, String)>> {
-    let conn = match service::connect(bus) {
-        Ok(c) => c,
-        Err(_) if bus.is_none() => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("connecting to the bus at {}", bus.unwrap_or("system"))),
-    };
-    let proxy = Ledger1ProxyBlocking::new(&conn).context("making a ledger proxy")?;
-    match proxy.append(category, action, data) {
-        Ok(r) => Ok(Some(r)),
-        Err(zbus::Error::MethodError(name, msg, _)) if name.as_str() == "org.freedesktop.DBus.Error.ServiceUnknown" && bus.is_none() => {
-            let _ = msg;
-            Ok(None)
-        }
-        Err(zbus::Error::MethodError(name, msg, _)) => {
-            bail!("the ledger service refused: {} ({})", msg.unwrap_or_default(), name.as_str())
-        }
-        Err(e) => Err(e).context("appending through the ledger service"),
-    }
+    service::append_via_service(bus, category, action, data)
 }
 
 fn export(dir: &Path, from: Option<u64>, to: Option<u64>, output: Option<&Path>) -> Result<()> {

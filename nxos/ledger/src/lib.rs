@@ -6,6 +6,7 @@
 pub mod block;
 pub mod checkpoint;
 pub mod commit;
+pub mod dbus;
 pub mod error;
 pub mod frame;
 pub mod log;

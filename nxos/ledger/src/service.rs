@@ -9,6 +9,8 @@ use std::sync::Arc;
 use zbus::message::Header;
 use zbus::{fdo, interface, Connection};
 
+use crate::dbus::Admins;
+
 use crate::block::Draft;
 use crate::commit::Ledger;
 use crate::error::LedgerError;
@@ -24,7 +26,7 @@ pub const MAX_BLOCKS_PER_ANSWER: usize = 10_000;
 pub struct LedgerService {
     ledger: Arc<Ledger>,
     plugins: Arc<Plugins>,
-    admin_gid: Option<u32>,
+    admins: Admins,
 }
 
 fn failed(e: LedgerError) -> fdo::Error {
@@ -44,49 +46,6 @@ fn blocks_json(ledger: &Ledger, heights: impl IntoIterator<Item = u64>) -> fdo::
         out.push(store.log().block(h).map_err(failed)?.to_json());
     }
     Ok(serde_json::Value::Array(out).to_string())
-}
-
-/// Who is calling: user id, user name, process id, and whether they may change the ledger.
-struct Caller {
-    uid: u32,
-    user: String,
-    pid: u32,
-    admin: bool,
-}
-
-impl LedgerService {
-    async fn caller(&self, header: &Header<'_>, conn: &Connection) -> fdo::Result<Caller> {
-        let sender = header.sender().ok_or_else(|| fdo::Error::AccessDenied("the call has no sender".into()))?;
-        let dbus = fdo::DBusProxy::new(conn).await?;
-        let creds = dbus.get_connection_credentials(sender.clone().into()).await?;
-        let uid = creds.unix_user_id().ok_or_else(|| fdo::Error::AccessDenied("the bus gave no caller uid".into()))?;
-        let user = nix::unistd::User::from_uid(uid.into()).ok().flatten();
-        let admin = uid == 0
-            || self.admin_gid.is_some_and(|gid| {
-                let in_creds = creds.unix_group_ids().is_some_and(|g| g.contains(&gid));
-                let primary = user.as_ref().is_some_and(|u| u.gid.as_raw() == gid);
-                in_creds || primary
-            });
-        Ok(Caller {
-            uid,
-            user: user.map(|u| u.name).unwrap_or_else(|| uid.to_string()),
-            pid: creds.process_id().unwrap_or(0),
-            admin,
-        })
-    }
-
-    async fn require_admin(&self, header: &Header<'_>, conn: &Connection, what: &str) -> fdo::Result<Caller> {
-        let caller = self.caller(header, conn).await?;
-        if !caller.admin {
-            return Err(fdo::Error::AccessDenied(format!(
-                "{what} is allowed to root{} only; uid {} ({}) may only query",
-                if self.admin_gid.is_some() { " and the ledger admin group" } else { "" },
-                caller.uid,
-                caller.user
-            )));
-        }
-        Ok(caller)
-    }
 }
 
 #[interface(name = "org.bpi.os.Ledger1")]
@@ -140,7 +99,7 @@ impl LedgerService {
         action: String,
         data: String,
     ) -> fdo::Result<(u64, String)> {
-        let caller = self.require_admin(&header, conn, "appending to the ledger").await?;
+        let caller = self.admins.require(&header, conn, "appending to the ledger").await?;
         let records = self.plugins.prepare(&category, &data).map_err(failed)?;
         let ledger = self.ledger.clone();
         blocking::unblock(move || {
@@ -176,7 +135,7 @@ impl LedgerService {
     /// Signs a checkpoint of the current size now; returns the signed note.
     #[zbus(name = "checkpoint")]
     async fn checkpoint(&self, #[zbus(header)] header: Header<'_>, #[zbus(connection)] conn: &Connection) -> fdo::Result<String> {
-        self.require_admin(&header, conn, "signing a checkpoint").await?;
+        self.admins.require(&header, conn, "signing a checkpoint").await?;
         let ledger = self.ledger.clone();
         blocking::unblock(move || ledger.store().checkpoint()).await.map_err(failed)
     }
@@ -227,27 +186,8 @@ pub struct ServeOptions {
 /// Runs the service until SIGTERM or SIGINT: opens the store, takes the bus
 /// name, tells systemd it is ready, and on the way out writes a checkpoint.
 pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
-    use anyhow::Context;
-    use nix::sys::signal::{SigSet, Signal};
-
-    // Blocked before any thread starts, so every thread inherits the mask and
-    // the main thread alone takes the signal below.
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGTERM);
-    signals.add(Signal::SIGINT);
-    signals.thread_block().context("blocking SIGTERM/SIGINT")?;
-
-    let admin_gid = match &opts.admin_group {
-        None => None,
-        Some(g) => Some(
-            nix::unistd::Group::from_name(g)
-                .ok()
-                .flatten()
-                .with_context(|| format!("admin group {g:?} does not exist"))?
-                .gid
-                .as_raw(),
-        ),
-    };
+    let signals = crate::dbus::block_stop_signals()?;
+    let admins = Admins::from_group(opts.admin_group.as_deref())?;
     let dir = opts.store.dir.clone();
     let (ledger, report) = Ledger::open(opts.store)?;
     let note = |s: &str| bpi_support::progress::note(&format!("ledger: {s}"));
@@ -259,24 +199,11 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     }
     note(&format!("{} holds {} blocks", dir.display(), report.blocks));
     let ledger = Arc::new(ledger);
-    let service = LedgerService { ledger: ledger.clone(), plugins: Arc::new(Plugins::default()), admin_gid };
-    let builder = match &opts.bus {
-        Some(a) => zbus::blocking::connection::Builder::address(a.as_str())?,
-        None => zbus::blocking::connection::Builder::system()?,
-    };
-    let conn = builder
-        .name(BUS_NAME)?
-        .serve_at(OBJECT_PATH, service)?
-        .build()
-        .with_context(|| format!("taking {BUS_NAME} on the bus"))?;
-    bpi_support::notify::notify(&format!("READY=1\nSTATUS=serving {} blocks from {}", report.blocks, dir.display()))
-        .context("notifying systemd")?;
+    let service = LedgerService { ledger: ledger.clone(), plugins: Arc::new(Plugins::default()), admins };
     note(&format!("serving {BUS_NAME} at {OBJECT_PATH}"));
-
-    let sig = signals.wait().context("waiting for a signal")?;
+    let status = format!("serving {} blocks from {}", report.blocks, dir.display());
+    let sig = crate::dbus::serve_until_signal(signals, opts.bus.as_deref(), BUS_NAME, OBJECT_PATH, service, &status)?;
     note(&format!("{sig:?}: stopping"));
-    let _ = bpi_support::notify::notify("STOPPING=1");
-    drop(conn);
     ledger.close()?;
     let size = ledger.store().checkpointed();
     note(&format!("closed with a checkpoint at size {size}"));
@@ -302,4 +229,34 @@ pub fn append_direct(
     }
     ledger.close()?;
     Ok((last.expect("a plugin returns at least one record"), report))
+}
+
+/// Appends through the ledger service on the system bus (or `bus`); `None`
+/// when no bus or no service is there (a host, a test), so the caller can say so.
+pub fn append_via_service(bus: Option<&str>, category: &str, action: &str, data: &str) -> anyhow::Result<Option<(u64, String)>> {
+    use anyhow::Context;
+    let conn = match connect(bus) {
+        Ok(c) => c,
+        Err(_) if bus.is_none() => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("connecting to the bus at {}", bus.unwrap_or("system"))),
+    };
+    let proxy = Ledger1ProxyBlocking::new(&conn).context("making a ledger proxy")?;
+    match proxy.append(category, action, data) {
+        Ok(r) => Ok(Some(r)),
+        Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == "org.freedesktop.DBus.Error.ServiceUnknown" && bus.is_none() => Ok(None),
+        Err(zbus::Error::MethodError(name, msg, _)) => {
+            anyhow::bail!("the ledger service refused: {} ({})", msg.unwrap_or_default(), name.as_str())
+        }
+        Err(e) => Err(e).context("appending through the ledger service"),
+    }
+}
+
+/// Records a change another component made, through the service; the
+/// outcome as one line for the caller's log.
+pub fn record(category: &str, action: &str, data: &serde_json::Value) -> String {
+    match append_via_service(None, category, action, &data.to_string()) {
+        Ok(Some((height, _))) => format!("recorded in the ledger as block {height}"),
+        Ok(None) => "note: not recorded in the ledger: bpi-ledger.service is not on the bus".into(),
+        Err(e) => format!("warning: not recorded in the ledger: {e:#}"),
+    }
 }

@@ -1,0 +1,123 @@
+//! The control plane on the system bus (`bpi-os nxos control serve`,
+//! org.bpi.os.Control1). Queries are open; changes are for root or the
+//! admin group, checked here as well as by the bus policy.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use bpi_ledger::dbus::{block_stop_signals, serve_until_signal, Admins};
+use zbus::{fdo, interface, message::Header, Connection};
+
+use crate::engine::Engine;
+
+pub const BUS_NAME: &str = "org.bpi.os.Control1";
+pub const OBJECT_PATH: &str = "/org/bpi/os/Control1";
+
+pub struct ControlService {
+    engine: Arc<Mutex<Engine>>,
+    admins: Admins,
+}
+
+fn invalid(e: anyhow::Error) -> fdo::Error {
+    fdo::Error::InvalidArgs(format!("{e:#}"))
+}
+
+impl ControlService {
+    fn engine(&self) -> fdo::Result<std::sync::MutexGuard<'_, Engine>> {
+        self.engine.lock().map_err(|_| fdo::Error::Failed("the engine's lock is poisoned".into()))
+    }
+}
+
+#[interface(name = "org.bpi.os.Control1")]
+impl ControlService {
+    fn ping(&self) -> String {
+        "pong".into()
+    }
+
+    /// Nodes and links as JSON, with trust scores and the routing table if asked.
+    fn topology(&self, trust_scores: bool, routing_table: bool) -> fdo::Result<String> {
+        Ok(self.engine()?.topology_json(trust_scores, routing_table).to_string())
+    }
+
+    /// Best path and backups (JSON); intent "" for none, backups < 0 for the default.
+    fn route(&self, from: String, to: String, intent: String, backups: i32) -> fdo::Result<String> {
+        let intent = (!intent.is_empty()).then_some(intent.as_str());
+        let k = usize::try_from(backups).ok();
+        let answer = self.engine()?.route(&from, &to, intent, k).map_err(invalid)?;
+        serde_json::to_string(&answer).map_err(|e| fdo::Error::Failed(e.to_string()))
+    }
+
+    fn metrics(&self) -> fdo::Result<String> {
+        serde_json::to_string(&self.engine()?.metrics).map_err(|e| fdo::Error::Failed(e.to_string()))
+    }
+
+    async fn trust_update(&self, node: String, score: f64, #[zbus(header)] header: Header<'_>, #[zbus(connection)] conn: &Connection) -> fdo::Result<String> {
+        self.admins.require(&header, conn, "changing trust").await?;
+        let change = self.engine()?.trust_update(&node, score).map_err(invalid)?;
+        serde_json::to_string(&change).map_err(|e| fdo::Error::Failed(e.to_string()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn link_update(
+        &self,
+        a: String,
+        b: String,
+        latency_ms: f64,
+        bandwidth_mbps: f64,
+        loss: f64,
+        carbon: f64,
+        up: bool,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<String> {
+        self.admins.require(&header, conn, "changing links").await?;
+        let change = self.engine()?.link_update(&a, &b, latency_ms, bandwidth_mbps, loss, carbon, up).map_err(invalid)?;
+        serde_json::to_string(&change).map_err(|e| fdo::Error::Failed(e.to_string()))
+    }
+}
+
+#[zbus::proxy(interface = "org.bpi.os.Control1", default_service = "org.bpi.os.Control1", default_path = "/org/bpi/os/Control1")]
+pub trait Control1 {
+    fn ping(&self) -> zbus::Result<String>;
+    fn topology(&self, trust_scores: bool, routing_table: bool) -> zbus::Result<String>;
+    fn route(&self, from: &str, to: &str, intent: &str, backups: i32) -> zbus::Result<String>;
+    fn metrics(&self) -> zbus::Result<String>;
+    fn trust_update(&self, node: &str, score: f64) -> zbus::Result<String>;
+    #[allow(clippy::too_many_arguments)]
+    fn link_update(&self, a: &str, b: &str, latency_ms: f64, bandwidth_mbps: f64, loss: f64, carbon: f64, up: bool) -> zbus::Result<String>;
+}
+
+pub struct ServeOptions {
+    pub engine: Engine,
+    pub admin_group: Option<String>,
+    pub bus: Option<String>,
+}
+
+/// Serves until SIGTERM or SIGINT; writes the data plane's maps first.
+pub fn serve(opts: ServeOptions) -> Result<()> {
+    let signals = block_stop_signals()?;
+    let admins = Admins::from_group(opts.admin_group.as_deref())?;
+    let mut engine = opts.engine;
+    let note = |s: &str| bpi_support::progress::note(&format!("drx-control: {s}"));
+    match engine.sync_data_plane()? {
+        Some(outcome) => note(&outcome),
+        None => note("the data plane's maps are not pinned; scores go there once bpi-drx-data.service runs and the next change comes"),
+    }
+    let status = format!("{} nodes, {} links, {} intents", engine.graph.len(), engine.topology.links.len(), engine.intents.len());
+    note(&status);
+    let service = ControlService { engine: Arc::new(Mutex::new(engine)), admins };
+    let sig = serve_until_signal(signals, opts.bus.as_deref(), BUS_NAME, OBJECT_PATH, service, &status)?;
+    note(&format!("{sig:?}: stopping"));
+    Ok(())
+}
+
+/// A proxy to the running daemon; None when it is not on the bus.
+pub fn connect(bus: Option<&str>) -> Option<(zbus::blocking::Connection, Control1ProxyBlocking<'static>)> {
+    let conn = match bus {
+        Some(a) => zbus::blocking::connection::Builder::address(a).ok()?.build().ok()?,
+        None => zbus::blocking::Connection::system().ok()?,
+    };
+    let proxy = Control1ProxyBlocking::new(&conn).ok()?;
+    proxy.ping().ok()?;
+    Some((conn, proxy))
+}
