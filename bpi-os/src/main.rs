@@ -1,5 +1,6 @@
 //! The `bpi-os` command. Thin dispatch: the work lives in the libraries.
 
+mod control;
 mod install;
 mod ledger;
 mod nxos;

@@ -18,7 +18,7 @@ use bpi_drx_data::{
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::ledger::record;
+use crate::{control, ledger::record};
 
 #[derive(Args)]
 pub struct NxosArgs {
@@ -36,10 +36,59 @@ enum NxosCommand {
         #[command(subcommand)]
         command: EbpfCommand,
     },
-    /// Trust scores and the prefixes they apply to, in the data plane's maps.
+    /// Trust scores: through the control plane when it runs, else straight into the data plane's maps.
     Trust {
         #[command(subcommand)]
         command: TrustCommand,
+    },
+    /// Start the runtime's services (bpi-drx-data, bpi-drx-control).
+    Start {
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Nodes, links, trust scores and the routing table.
+    Topology {
+        #[arg(long)]
+        trust_scores: bool,
+        #[arg(long)]
+        routing_table: bool,
+        #[command(flatten)]
+        source: control::Source,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The control plane's counters and timings.
+    Metrics {
+        #[command(flatten)]
+        source: control::Source,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The best path and backups between two nodes, under an intent's constraints.
+    Route {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        intent: Option<String>,
+        /// Backup paths (default: the intent's, else the topology's).
+        #[arg(long)]
+        backups: Option<usize>,
+        #[command(flatten)]
+        source: control::Source,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Intent policy files.
+    Policy {
+        #[command(subcommand)]
+        command: control::PolicyCommand,
+    },
+    /// The control plane daemon.
+    Control {
+        #[command(subcommand)]
+        command: control::ControlCommand,
     },
 }
 
@@ -80,9 +129,14 @@ enum EbpfCommand {
 #[derive(Subcommand)]
 enum TrustCommand {
     /// Set node scores (0..1); repeat --node-id/--score for one atomic batch.
+    /// With bpi-drx-control.service running it takes node names and recomputes
+    /// routes; without it, data-plane node numbers straight into the maps.
     Update {
         #[arg(long = "node-id", required = true)]
-        node_ids: Vec<u32>,
+        node_ids: Vec<String>,
+        /// The control daemon's bus (default: the system bus).
+        #[arg(long, value_name = "ADDRESS")]
+        bus: Option<String>,
         #[arg(long = "score", required = true, allow_negative_numbers = true)]
         scores: Vec<String>,
         #[arg(long)]
@@ -160,6 +214,12 @@ pub fn run(args: NxosArgs) -> Result<()> {
             EbpfCommand::Status { json } => status(dir, json),
         },
         NxosCommand::Trust { command } => trust(dir, command),
+        NxosCommand::Start { dry_run } => control::start(dry_run),
+        NxosCommand::Topology { trust_scores, routing_table, source, json } => control::topology(&source, trust_scores, routing_table, json),
+        NxosCommand::Metrics { source, json } => control::metrics(&source, json),
+        NxosCommand::Route { from, to, intent, backups, source, json } => control::route(&source, &from, &to, intent.as_deref(), backups, json),
+        NxosCommand::Policy { command } => control::policy(command),
+        NxosCommand::Control { command } => control::control(dir, command),
     }
 }
 
@@ -318,10 +378,25 @@ fn parse_prefixes(texts: &[String]) -> Result<Vec<Prefix>> {
 fn trust(dir: &Path, command: TrustCommand) -> Result<()> {
     // Input is checked in full before the maps are opened.
     let (ops, dry_run, json) = match command {
-        TrustCommand::Update { node_ids, scores, dry_run, json } => {
-            let ops = pairs(node_ids, scores, "--node-id and --score")?
+        TrustCommand::Update { node_ids, scores, bus, dry_run, json } => {
+            let updates = pairs(node_ids, scores, "--node-id and --score")?
                 .into_iter()
-                .map(|(node, s)| Ok(Op::SetScore { node, score: parse_score(&s).with_context(|| format!("node {node}"))? }))
+                .map(|(node, s)| Ok((parse_score(&s).with_context(|| format!("node {node}"))?, node)))
+                .collect::<Result<Vec<_>>>()?;
+            if let Some((_conn, proxy)) = bpi_drx_control::service::connect(bus.as_deref()) {
+                let updates: Vec<(f64, String)> = updates.into_iter().map(|(s, n)| (score_to_f64(s), n)).collect();
+                return control::trust_via_daemon(&proxy, &updates, dry_run, json);
+            }
+            let ops = updates
+                .into_iter()
+                .map(|(score, node)| {
+                    let node: u32 = node.parse().map_err(|_| {
+                        anyhow::anyhow!(
+                            "node id '{node}' is not a number: bpi-drx-control.service is not running, so the update goes straight to the data plane, which knows nodes by number (dp_id)"
+                        )
+                    })?;
+                    Ok(Op::SetScore { node, score })
+                })
                 .collect::<Result<Vec<_>>>()?;
             (ops, dry_run, json)
         }

@@ -3,175 +3,22 @@
 //! and as `nobody`. Needs root (to call as another user) and dbus-daemon;
 //! skipped with the reason printed otherwise.
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixDatagram;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::Output;
 
 use bpi_ledger::service::Ledger1ProxyBlocking;
+use common::{can_run, cli, command, scratch, start_bus, text, Bus, Scratch, Service, NOBODY};
 
-const NOBODY: u32 = 65534;
 const SEED_EXAMPLE: &str = r#"{"bridge_name": "ovsbr0", "uplink_interface": "enp2s0", "configuration": {"stp": false}}"#;
 
-fn can_run() -> bool {
-    if !bpi_support::host::is_root() {
-        eprintln!("SKIP: calling the bus as another user needs root");
-        return false;
-    }
-    if bpi_support::cmd::which("dbus-daemon").is_none() || bpi_support::cmd::which("dbus-send").is_none() {
-        eprintln!("SKIP: dbus-daemon or dbus-send is not installed (cargo xtask test installs them)");
-        return false;
-    }
-    true
-}
-
-/// A world-readable scratch directory with a copy of the binary, so `nobody`
-/// can reach the bus socket and run the CLI wherever the checkout lives.
-struct Scratch {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-}
-
-fn scratch() -> Scratch {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let bin = dir.path().join("bpi-os");
-    std::fs::copy(env!("CARGO_BIN_EXE_bpi-os"), &bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    Scratch { dir, bin }
-}
-
-struct Bus {
-    child: Child,
-    address: String,
-}
-
-impl Drop for Bus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A bus configured like Debian's system bus (deny by default, policies from
-/// `include`), or one that lets everyone send anything (`include` None).
-fn start_bus(s: &Scratch, include: Option<&Path>) -> Bus {
-    let sock = s.dir.path().join("bus.sock");
-    let _ = std::fs::remove_file(&sock);
-    let policy = match include {
-        Some(file) => format!(
-            r#"<policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-  </policy>
-  <include>{}</include>"#,
-            file.display()
-        ),
-        None => r#"<policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-  </policy>"#
-            .to_string(),
-    };
-    let config = format!(
-        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-  {policy}
-</busconfig>
-"#,
-        sock.display()
-    );
-    let conf = s.dir.path().join("bus.conf");
-    std::fs::write(&conf, config).unwrap();
-    let mut child = Command::new("dbus-daemon")
-        .arg(format!("--config-file={}", conf.display()))
-        .args(["--nofork", "--print-address"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(line.starts_with("unix:"), "dbus-daemon printed {line:?}");
-    Bus { child, address: line.trim().to_string() }
-}
-
-struct Service {
-    child: Child,
-}
-
-impl Service {
-    /// SIGTERM, and the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::SIGTERM).unwrap();
-        let status = self.child.wait().unwrap();
-        std::mem::forget(self);
-        status
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the service and waits for its sd_notify READY=1, as systemd would.
+/// Starts the ledger service on `bus` over `store`.
 fn serve(s: &Scratch, bus: &Bus, store: &Path, extra: &[&str]) -> Service {
-    let notify_path = s.dir.path().join(format!("notify-{}", rand_suffix()));
-    let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let child = Command::new(&s.bin)
-        .args(["ledger", "serve", "--no-append-only", "--bus", &bus.address, "--store"])
-        .arg(store)
-        .args(extra)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .spawn()
-        .unwrap();
-    let svc = Service { child };
-    let mut buf = [0u8; 512];
-    let n = notify.recv(&mut buf).expect("the service never said READY=1");
-    let msg = String::from_utf8_lossy(&buf[..n]);
-    assert!(msg.contains("READY=1"), "notify said {msg:?}");
-    svc
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-}
-
-/// `program`, run as `uid` (its own group, no supplementary groups) or as root.
-fn command(program: &Path, uid: Option<u32>) -> Command {
-    match uid {
-        None => Command::new(program),
-        Some(uid) => {
-            let mut c = Command::new("setpriv");
-            c.args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into()]).arg(program);
-            c
-        }
-    }
-}
-
-fn cli(s: &Scratch, uid: Option<u32>, args: &[&str]) -> Output {
-    command(&s.bin, uid).args(args).output().unwrap()
+    let store = store.to_str().unwrap();
+    let mut args = vec!["ledger", "serve", "--no-append-only", "--bus", &bus.address, "--store", store];
+    args.extend_from_slice(extra);
+    common::serve(s, &args)
 }
 
 fn dbus_send(bus: &Bus, uid: Option<u32>, method: &str, args: &[&str]) -> Output {
@@ -181,10 +28,6 @@ fn dbus_send(bus: &Bus, uid: Option<u32>, method: &str, args: &[&str]) -> Output
         .arg(format!("org.bpi.os.Ledger1.{method}"))
         .args(args);
     c.output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 fn count(bus: &Bus) -> u64 {

@@ -11,12 +11,14 @@ use anyhow::{Context, Result};
 pub const FILES: &[(&str, &str)] = &[
     ("90-bpi-os.preset", include_str!("../../units/90-bpi-os.preset")),
     ("bpi-config.mount", include_str!("../../units/bpi-config.mount")),
+    ("bpi-drx-control.service", include_str!("../../units/bpi-drx-control.service")),
     ("bpi-drx-data.service", include_str!("../../units/bpi-drx-data.service")),
     ("bpi-ledger.service", include_str!("../../units/bpi-ledger.service")),
     ("bpi-runtime.mount", include_str!("../../units/bpi-runtime.mount")),
     ("bpi-store-init.service", include_str!("../../units/bpi-store-init.service")),
     ("bpi-store.service", include_str!("../../units/bpi-store.service")),
     ("bpi-sysusers.conf", include_str!("../../units/bpi-sysusers.conf")),
+    ("dbus/org.bpi.os.Control1.conf", include_str!("../../units/dbus/org.bpi.os.Control1.conf")),
     ("dbus/org.bpi.os.Ledger1.conf", include_str!("../../units/dbus/org.bpi.os.Ledger1.conf")),
     ("tmp.mount", include_str!("../../units/tmp.mount")),
 ];

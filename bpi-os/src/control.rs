@@ -1,0 +1,235 @@
+//! `bpi-os nxos start|topology|metrics|route|policy|control`: the control
+//! plane. Queries go to the running daemon over D-Bus, or, with --topology,
+//! are answered here from a file (planning offline).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bpi_drx_control::{
+    engine::Engine,
+    model::Topology,
+    path::{Answer, PathInfo},
+    policy,
+    service::{self, Control1ProxyBlocking, ServeOptions},
+    DEFAULT_POLICIES, DEFAULT_TOPOLOGY,
+};
+use bpi_support::Cmd;
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+#[derive(Args)]
+pub struct Source {
+    /// Answer from this Meta-RIB file instead of asking the running daemon.
+    #[arg(long, value_name = "FILE")]
+    topology: Option<PathBuf>,
+    /// Intent policies (a file or a directory of *.toml) for --topology.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_POLICIES)]
+    policies: PathBuf,
+    /// The daemon's bus (default: the system bus).
+    #[arg(long, value_name = "ADDRESS")]
+    bus: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Check an intent policy file; errors name the file, line and key.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+pub enum ControlCommand {
+    /// Run the control plane daemon (bpi-drx-control.service).
+    Serve {
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_TOPOLOGY)]
+        topology: PathBuf,
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_POLICIES)]
+        policies: PathBuf,
+        /// Members of this group may change trust and links, as root may.
+        #[arg(long)]
+        admin_group: Option<String>,
+        #[arg(long, value_name = "ADDRESS")]
+        bus: Option<String>,
+    },
+}
+
+fn intents(path: &Path) -> Result<std::collections::BTreeMap<String, policy::Intent>> {
+    if path.exists() {
+        policy::load(path)
+    } else {
+        Ok(Default::default())
+    }
+}
+
+fn offline(source: &Source) -> Result<Option<Engine>> {
+    let Some(file) = &source.topology else { return Ok(None) };
+    Ok(Some(Engine::new(Topology::load(file)?, intents(&source.policies)?, None)))
+}
+
+fn daemon(source: &Source) -> Result<(zbus::blocking::Connection, Control1ProxyBlocking<'static>)> {
+    service::connect(source.bus.as_deref()).context(
+        "bpi-drx-control.service is not on the bus: start it (`bpi-os nxos start`) or pass --topology FILE to plan offline",
+    )
+}
+
+fn remote_err(e: zbus::Error) -> anyhow::Error {
+    match e {
+        zbus::Error::MethodError(name, msg, _) => anyhow::anyhow!("{} ({})", msg.unwrap_or_default(), name.as_str()),
+        e => anyhow::Error::new(e).context("calling bpi-drx-control"),
+    }
+}
+
+pub fn start(dry_run: bool) -> Result<()> {
+    let cmd = Cmd::new("systemctl").args(["start", "bpi-drx-data.service", "bpi-drx-control.service"]);
+    if dry_run {
+        println!("would run: {}", cmd.cmdline());
+        return Ok(());
+    }
+    cmd.run()?;
+    println!("started bpi-drx-data.service and bpi-drx-control.service");
+    Ok(())
+}
+
+pub fn topology(source: &Source, trust_scores: bool, routing_table: bool, json: bool) -> Result<()> {
+    let v: Value = match offline(source)? {
+        Some(e) => e.topology_json(trust_scores, routing_table),
+        None => serde_json::from_str(&daemon(source)?.1.topology(trust_scores, routing_table).map_err(remote_err)?)?,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+    println!("{} nodes, {} links, local node {}", nodes.len(), v["links"].as_array().map_or(0, |l| l.len()), v["local"].as_str().unwrap_or("(none)"));
+    for n in &nodes {
+        let trust = if trust_scores {
+            format!("  trust {:.4}{}", n["trust"].as_f64().unwrap_or(0.0), if n["blacklisted"] == true { " BLACKLISTED" } else { "" })
+        } else {
+            String::new()
+        };
+        println!("  {:<20} {:<8} {:<9}{trust}", n["id"].as_str().unwrap_or(""), n["jurisdiction"].as_str().unwrap_or(""), n["attestation"].as_str().unwrap_or(""));
+    }
+    if routing_table {
+        println!("routing table:");
+        for r in v["routing_table"].as_array().cloned().unwrap_or_default() {
+            println!("  {:<20} via {:<20} cost {}", r["destination"].as_str().unwrap_or(""), r["next_hop"].as_str().unwrap_or(""), r["cost"]);
+        }
+    }
+    Ok(())
+}
+
+pub fn metrics(source: &Source, json: bool) -> Result<()> {
+    let v: Value = match offline(source)? {
+        Some(e) => serde_json::to_value(&e.metrics)?,
+        None => serde_json::from_str(&daemon(source)?.1.metrics().map_err(remote_err)?)?,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if let Some(m) = v.as_object() {
+        for (k, v) in m {
+            println!("{k:<22} {v}");
+        }
+    }
+    Ok(())
+}
+
+fn one_line(p: &PathInfo) -> String {
+    format!(
+        "{}  (cost {}, {} hops, {:.3} ms, carbon {:.3}, min trust {:.3}, route score {:.4})",
+        p.nodes.join(" -> "),
+        p.cost,
+        p.hops,
+        p.latency_ms,
+        p.carbon,
+        p.min_trust,
+        p.route_score
+    )
+}
+
+pub fn route(source: &Source, from: &str, to: &str, intent: Option<&str>, backups: Option<usize>, json: bool) -> Result<()> {
+    let answer: Answer = match offline(source)? {
+        Some(e) => e.route(from, to, intent, backups)?,
+        None => {
+            let k = backups.map_or(-1, |b| b as i32);
+            let text = daemon(source)?.1.route(from, to, intent.unwrap_or(""), k).map_err(remote_err)?;
+            answer_from_json(&text)?
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    match answer {
+        Answer::Found { best, backups } => {
+            println!("best:     {}", one_line(&best));
+            for (i, b) in backups.iter().enumerate() {
+                println!("backup {}: {}", i + 1, one_line(b));
+            }
+            Ok(())
+        }
+        Answer::NoPath { constraint, reason } => bail!("no path from {from} to {to}: {constraint}: {reason}"),
+    }
+}
+
+/// The daemon's JSON answer, back into an Answer.
+fn answer_from_json(text: &str) -> Result<Answer> {
+    let v: Value = serde_json::from_str(text)?;
+    let path = |p: &Value| -> PathInfo {
+        PathInfo {
+            nodes: p["nodes"].as_array().map(|a| a.iter().filter_map(|n| n.as_str().map(String::from)).collect()).unwrap_or_default(),
+            cost: p["cost"].as_u64().unwrap_or(0),
+            hops: p["hops"].as_u64().unwrap_or(0) as usize,
+            latency_ms: p["latency_ms"].as_f64().unwrap_or(0.0),
+            carbon: p["carbon"].as_f64().unwrap_or(0.0),
+            min_bandwidth_mbps: p["min_bandwidth_mbps"].as_f64().unwrap_or(0.0),
+            reliability: p["reliability"].as_f64().unwrap_or(0.0),
+            min_trust: p["min_trust"].as_f64().unwrap_or(0.0),
+            route_score: p["route_score"].as_f64().unwrap_or(0.0),
+            edges: Vec::new(),
+        }
+    };
+    match v["answer"].as_str() {
+        Some("found") => Ok(Answer::Found { best: path(&v["best"]), backups: v["backups"].as_array().map(|b| b.iter().map(path).collect()).unwrap_or_default() }),
+        Some("no_path") => Ok(Answer::NoPath {
+            constraint: v["constraint"].as_str().unwrap_or("").into(),
+            reason: v["reason"].as_str().unwrap_or("").into(),
+        }),
+        _ => bail!("the daemon gave an answer this CLI does not know: {text}"),
+    }
+}
+
+pub fn trust_via_daemon(proxy: &Control1ProxyBlocking<'_>, updates: &[(f64, String)], dry_run: bool, json: bool) -> Result<()> {
+    for (score, node) in updates {
+        if dry_run {
+            println!("would set node {node} to trust {score} through bpi-drx-control");
+            continue;
+        }
+        let out = proxy.trust_update(node, *score).map_err(remote_err)?;
+        if json {
+            println!("{out}");
+        } else {
+            let v: Value = serde_json::from_str(&out)?;
+            println!("node {node}: trust {score}; routes recomputed in {} us; {}", v["recompute_us"], v["data_plane"].as_str().unwrap_or("no data plane maps"));
+        }
+    }
+    Ok(())
+}
+
+pub fn policy(command: PolicyCommand) -> Result<()> {
+    match command {
+        PolicyCommand::Check { file } => {
+            let intents = policy::load_file(&file)?;
+            let names: Vec<&str> = intents.iter().map(|i| i.name.as_str()).collect();
+            println!("{}: {} intent(s): {}", file.display(), intents.len(), names.join(", "));
+            Ok(())
+        }
+    }
+}
+
+pub fn control(pin_dir: &Path, command: ControlCommand) -> Result<()> {
+    match command {
+        ControlCommand::Serve { topology, policies, admin_group, bus } => {
+            let engine = Engine::new(Topology::load(&topology)?, intents(&policies)?, Some(pin_dir.to_owned()));
+            service::serve(ServeOptions { engine, admin_group, bus })
+        }
+    }
+}
