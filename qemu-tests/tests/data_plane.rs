@@ -1,7 +1,9 @@
 //! End-to-end: bpi-drx-data.service in the booted image attaches
 //! xdp_trust_routing to the guest's virtio NIC, the counters move when the
 //! host sends traffic (through QEMU's user network), a trust change flips the
-//! verdict, the attach is in the ledger, and stopping the unit detaches.
+//! verdict, the attach is in the ledger, bpi-drx-control.service takes over
+//! the trust (a change through it flips the verdict), and stopping the data
+//! unit detaches.
 
 use std::{net::UdpSocket, time::Duration};
 
@@ -11,6 +13,42 @@ use bpi_qemu_tests::vm::{Machine, Vm, VmOptions};
 use serde_json::Value;
 
 const DATAGRAMS: u64 = 40;
+
+const TOPOLOGY: &str = r#"[control]
+local = "guest"
+
+[[node]]
+id = "guest"
+prefixes = ["10.0.2.15/32"]
+jurisdiction = "US"
+attestation = "tpm"
+uptime = 1.0
+performance = 1.0
+reputation = 1.0
+known_vulnerabilities = 0
+patch_level = 100
+security_incidents = 0
+compliance = 100
+
+[[node]]
+id = "peer"
+prefixes = ["10.0.2.2/32"]
+jurisdiction = "US"
+attestation = "software"
+uptime = 0.99
+performance = 0.9
+reputation = 0.9
+known_vulnerabilities = 2
+patch_level = 95
+security_incidents = 0
+compliance = 90
+
+[[link]]
+a = "guest"
+b = "peer"
+latency_ms = 1.0
+bandwidth_mbps = 1000
+"#;
 
 fn status(vm: &Vm) -> Result<Value> {
     Ok(serde_json::from_str(&vm.sh("bpi-os nxos ebpf status --json")?)?)
@@ -80,6 +118,22 @@ fn data_plane_unit_filters_the_virtio_nic_and_counts_host_traffic() -> Result<()
     ensure!(ledger.contains(&nic) && ledger.contains("\"load\""), "the attach is not in the ledger: {ledger}");
     let ledger = vm.sh("bpi-os ledger show --category trust --json")?;
     ensure!(ledger.contains("put_route"), "the trust changes are not in the ledger: {ledger}");
+
+    // The control plane takes over: its Meta-RIB maps the guest's address to
+    // node "guest", and a trust change through the daemon flips the verdict.
+    vm.sh(&format!("cat > /bpi/config/system/topology.toml <<'EOF'\n{TOPOLOGY}EOF\nsystemctl start bpi-drx-control.service"))?;
+    let state = vm.sh("systemctl show -p ActiveState bpi-drx-control.service")?;
+    ensure!(state.contains("ActiveState=active"), "bpi-drx-control.service: {state}");
+    let topo: Value = serde_json::from_str(&vm.sh("bpi-os nxos topology --trust-scores --routing-table --json")?)?;
+    ensure!(topo["routing_table"][0]["destination"] == "peer", "routing table: {topo}");
+    let out = vm.sh("bpi-os nxos trust update --node-id guest --score 0.1")?;
+    ensure!(out.contains("routes recomputed") && out.contains("data plane version"), "trust update through the daemon: {out}");
+    let dropped_by_control = send_until_counted(&vm, port, "low_trust")?;
+    vm.sh("bpi-os nxos trust update --node-id guest --score 0.95")?;
+    let passed_by_control = send_until_counted(&vm, port, "trusted")?;
+    let ledger = vm.sh("bpi-os ledger show --category trust --json")?;
+    ensure!(ledger.contains("drx-control"), "the control plane's writes are not in the ledger: {ledger}");
+    eprintln!("control plane: {dropped_by_control} dropped at trust 0.1, {passed_by_control} passed at 0.95");
 
     // A restart swaps the program in place; a stop detaches.
     vm.sh("systemctl restart bpi-drx-data.service")?;

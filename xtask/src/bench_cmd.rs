@@ -5,13 +5,18 @@ use anyhow::Result;
 use bpi_support::{progress::Steps, Cmd};
 
 /// (package, bench target) pairs, run in this order.
-const BENCHES: &[(&str, &str)] = &[("bpi-ledger", "ledger"), ("bpi-drx-data", "data_plane")];
+const BENCHES: &[(&str, &str)] = &[("bpi-ledger", "ledger"), ("bpi-drx-data", "data_plane"), ("bpi-drx-control", "control")];
 
 pub fn bench() -> Result<()> {
     let steps = Steps::new("bench");
+    // The control-plane bench runs the real daemon to measure its memory.
+    steps.step("bpi-os release binary", || {
+        Cmd::new(crate::cargo()).args(["build", "--release", "--locked", "-p", "bpi-os"]).current_dir(crate::workspace_root()).echo().run()
+    })?;
+    let bin = crate::workspace_root().join("target/release/bpi-os");
     for (package, target) in BENCHES {
         steps.step(&format!("{package}/{target}"), || {
-            Cmd::new("cargo").args(["bench", "--locked", "-p", package, "--bench", target]).echo().run()
+            Cmd::new(crate::cargo()).args(["bench", "--locked", "-p", package, "--bench", target]).env("BPI_OS_BIN", &bin).echo().run()
         })?;
     }
     Ok(())

@@ -168,13 +168,16 @@ impl Engine {
         let Some(dir) = &self.pin_dir else { return Ok(None) };
         let Ok(mut tables) = Tables::open(dir) else { return Ok(None) };
         let want = self.desired()?;
-        let have = match &self.written {
+        let mut have = match &self.written {
             Some(w) => w.clone(),
             None => {
                 let snap = tables.snapshot()?;
                 DataPlaneState { threshold: snap.settings.threshold, scores: snap.nodes, routes: snap.routes.iter().map(|(p, r)| (*p, r.node)).collect() }
             }
         };
+        // The threshold is also set by bpi-drx-data.service from its own file
+        // when it (re)starts: always compare against what the maps hold.
+        have.threshold = tables.settings()?.threshold;
         let mut ops = Vec::new();
         if want.threshold != have.threshold {
             ops.push(Op::Settings(Settings { threshold: want.threshold, ..tables.settings()? }));

@@ -2,8 +2,9 @@
 //! destination under a constraint set, k backup paths, and, when there is
 //! none, the constraint that eliminated the candidates.
 //!
-//! Best = least total hop cost (graph.rs); ties go to fewer hops, then to the
-//! path found first in node-index order (deterministic for a given file).
+//! Best = least total hop cost (graph.rs). Every hop costs at least 1, so
+//! among paths of equal quality the shorter one wins; exact ties go to the
+//! path the search meets first, which is deterministic for a given file.
 //! Per-element constraints (blacklist, trust floor, attestation,
 //! jurisdictions, minimum bandwidth, links down) remove nodes and hops before
 //! the search. Sum constraints (latency budget, carbon max) are exact: if the
@@ -64,12 +65,30 @@ pub enum Answer {
     NoPath { constraint: String, reason: String },
 }
 
-/// What the search may use, computed once per query.
+/// What the search may use: per-node and per-hop checks, done inline as
+/// the search meets them (no per-query pass over the whole graph).
 struct Filter {
-    node_ok: Vec<bool>,
-    edge_ok: Vec<bool>,
+    min_trust: f64,
+    attestation: Attestation,
+    /// By jurisdiction id.
+    jurisdiction_ok: Vec<bool>,
+    min_bandwidth: f64,
     latency_budget: f64,
     carbon_max: f64,
+}
+
+impl Filter {
+    #[inline]
+    fn node_ok(&self, g: &Graph, v: u32) -> bool {
+        let v = v as usize;
+        g.trust[v] >= self.min_trust && g.attestation[v] >= self.attestation && self.jurisdiction_ok[g.jurisdiction[v] as usize]
+    }
+
+    /// The hop itself (link up, wide enough) and the node it leads to.
+    #[inline]
+    fn edge_ok(&self, g: &Graph, e: usize) -> bool {
+        g.up[e] && g.bandwidth[e] + EPS >= self.min_bandwidth && self.node_ok(g, g.target[e])
+    }
 }
 
 const EPS: f64 = 1e-9;
@@ -82,13 +101,13 @@ fn node_allowed(g: &Graph, c: &Constraints, src: u32, v: usize, upto: usize) -> 
     if trust < g.settings.blacklist_threshold {
         return Some("blacklist");
     }
-    if upto >= 1 && c.trust_floor.is_some_and(|f| trust < f) {
+    if upto >= 2 && c.trust_floor.is_some_and(|f| trust < f) {
         return Some("trust_floor");
     }
-    if upto >= 2 && c.attestation.is_some_and(|a| g.attestation[v] < a) {
+    if upto >= 3 && c.attestation.is_some_and(|a| g.attestation[v] < a) {
         return Some("attestation");
     }
-    if upto >= 3 {
+    if upto >= 4 {
         let j = &g.jurisdictions[g.jurisdiction[v] as usize];
         let allowed = c.jurisdiction_allow.as_ref().is_none_or(|l| l.contains(j));
         let excluded = c.jurisdiction_exclude.contains(j);
@@ -102,12 +121,26 @@ fn node_allowed(g: &Graph, c: &Constraints, src: u32, v: usize, upto: usize) -> 
 
 /// The filter with the first `upto` steps of STEPS applied (7: all).
 fn filter(g: &Graph, c: &Constraints, src: u32, upto: usize) -> Filter {
-    let node_ok: Vec<bool> = (0..g.len()).map(|v| node_allowed(g, c, src, v, upto).is_none()).collect();
-    let min_bw = if upto >= 5 { c.min_bandwidth_mbps.unwrap_or(0.0) } else { 0.0 };
-    let edge_ok = (0..g.target.len()).map(|e| g.up[e] && g.bandwidth[e] + EPS >= min_bw && node_ok[g.target[e] as usize]).collect();
+    let mut min_trust = g.settings.blacklist_threshold;
+    if upto >= 2 {
+        min_trust = min_trust.max(c.trust_floor.unwrap_or(0.0));
+    }
+    let jurisdiction_ok = (0..g.jurisdictions.len())
+        .map(|j| {
+            if upto < 4 {
+                return true;
+            }
+            let name = &g.jurisdictions[j];
+            c.jurisdiction_allow.as_ref().is_none_or(|l| l.contains(name))
+                && !c.jurisdiction_exclude.contains(name)
+                && (!c.domestic_only || j as u32 == g.jurisdiction[src as usize])
+        })
+        .collect();
     Filter {
-        node_ok,
-        edge_ok,
+        min_trust,
+        attestation: if upto >= 3 { c.attestation.unwrap_or(Attestation::None) } else { Attestation::None },
+        jurisdiction_ok,
+        min_bandwidth: if upto >= 5 { c.min_bandwidth_mbps.unwrap_or(0.0) } else { 0.0 },
         latency_budget: if upto >= 6 { c.latency_budget_ms.unwrap_or(f64::INFINITY) } else { f64::INFINITY },
         carbon_max: if upto >= 7 { c.carbon_max.unwrap_or(f64::INFINITY) } else { f64::INFINITY },
     }
@@ -119,6 +152,87 @@ pub struct Scratch {
     dist: Vec<(u64, u32)>,
     pred: Vec<u32>,
     done: Vec<bool>,
+    /// Bidirectional search: per side distance and the hop that reached the
+    /// node, reset through `touched` so a query costs what it explores.
+    side: [Vec<(u64, u32)>; 2],
+    touched: Vec<u32>,
+}
+
+/// Least-cost path by bidirectional Dijkstra (forward from `src` over hops
+/// u->v, backward from `dst` over the same hops reversed); stops once the two
+/// frontiers' smallest keys sum past the best meeting found.
+fn bidirectional(g: &Graph, f: &Filter, banned: &Banned, src: u32, dst: u32, s: &mut Scratch) -> Option<Vec<u32>> {
+    let n = g.len();
+    for side in &mut s.side {
+        if side.len() != n {
+            side.clear();
+            side.resize(n, (u64::MAX, NONE));
+        }
+    }
+    for v in s.touched.drain(..) {
+        s.side[0][v as usize] = (u64::MAX, NONE);
+        s.side[1][v as usize] = (u64::MAX, NONE);
+    }
+    let mut heaps = [BinaryHeap::new(), BinaryHeap::new()];
+    s.side[0][src as usize] = (0, NONE);
+    s.side[1][dst as usize] = (0, NONE);
+    s.touched.extend([src, dst]);
+    heaps[0].push(Reverse((0u64, src)));
+    heaps[1].push(Reverse((0u64, dst)));
+    let mut best = u64::MAX;
+    let mut meet = NONE;
+    loop {
+        let top = |h: &BinaryHeap<Reverse<(u64, u32)>>| h.peek().map_or(u64::MAX, |r| r.0 .0);
+        let (t0, t1) = (top(&heaps[0]), top(&heaps[1]));
+        if t0 == u64::MAX || t1 == u64::MAX || t0.saturating_add(t1) >= best {
+            break;
+        }
+        let dir = usize::from(heaps[1].len() < heaps[0].len());
+        let Reverse((d, v)) = heaps[dir].pop().expect("checked non-empty");
+        if d > s.side[dir][v as usize].0 {
+            continue;
+        }
+        for e in g.edges(v) {
+            let w = g.target[e];
+            // Forward walks hop e = v->w; backward walks hop reverse[e] = w->v.
+            let hop = if dir == 0 { e } else { g.reverse[e] as usize };
+            let allowed = if dir == 0 { f.edge_ok(g, hop) } else { f.node_ok(g, w) && g.up[hop] && g.bandwidth[hop] + EPS >= f.min_bandwidth };
+            if !allowed || banned.edge(hop) || banned.node(w) {
+                continue;
+            }
+            let nd = d + g.cost[hop];
+            if nd < s.side[dir][w as usize].0 {
+                if s.side[0][w as usize].0 == u64::MAX && s.side[1][w as usize].0 == u64::MAX {
+                    s.touched.push(w);
+                }
+                s.side[dir][w as usize] = (nd, hop as u32);
+                heaps[dir].push(Reverse((nd, w)));
+                let other = s.side[1 - dir][w as usize].0;
+                if other != u64::MAX && nd + other < best {
+                    best = nd + other;
+                    meet = w;
+                }
+            }
+        }
+    }
+    if meet == NONE {
+        return None;
+    }
+    let mut edges = Vec::new();
+    let mut v = meet;
+    while v != src {
+        let e = s.side[0][v as usize].1;
+        edges.push(e);
+        v = g.target[g.reverse[e as usize] as usize];
+    }
+    edges.reverse();
+    let mut v = meet;
+    while v != dst {
+        let e = s.side[1][v as usize].1;
+        edges.push(e);
+        v = g.target[e as usize];
+    }
+    Some(edges)
 }
 
 const NONE: u32 = u32::MAX;
@@ -156,7 +270,7 @@ fn dijkstra(
         for e in g.edges(v) {
             // Reverse searches walk hops into v: the entry u->v is reverse[e].
             let (w, hop) = if reverse { (g.target[e], g.reverse[e] as usize) } else { (g.target[e], e) };
-            if !f.edge_ok[hop] || !f.node_ok[w as usize] || banned.edge(hop) || banned.node(w) {
+            if !f.edge_ok(g, hop) || !f.node_ok(g, w) || banned.edge(hop) || banned.node(w) {
                 continue;
             }
             let cand = (d + weight(hop), h + 1);
@@ -185,18 +299,6 @@ impl Banned {
     }
 }
 
-fn walk_back(g: &Graph, pred: &[u32], src: u32, dst: u32) -> Vec<u32> {
-    let mut edges = Vec::new();
-    let mut v = dst;
-    while v != src {
-        let e = pred[v as usize];
-        edges.push(e);
-        v = g.target[g.reverse[e as usize] as usize];
-    }
-    edges.reverse();
-    edges
-}
-
 fn sums(g: &Graph, edges: &[u32]) -> (u64, f64, f64) {
     edges.iter().fold((0, 0.0, 0.0), |(c, l, k), e| (c + g.cost[*e as usize], l + g.latency[*e as usize], k + g.carbon[*e as usize]))
 }
@@ -222,11 +324,7 @@ fn best_edges(g: &Graph, f: &Filter, banned: &Banned, src: u32, dst: u32, spent:
     if latency_left < -EPS || carbon_left < -EPS {
         return Ok(None);
     }
-    dijkstra(g, f, banned, src, Some(dst), s, &|e| g.cost[e], false);
-    if s.dist[dst as usize].0 == u64::MAX {
-        return Ok(None);
-    }
-    let fast = walk_back(g, &s.pred, src, dst);
+    let Some(fast) = bidirectional(g, f, banned, src, dst, s) else { return Ok(None) };
     let (_, lat, carbon) = sums(g, &fast);
     if lat <= latency_left + EPS && carbon <= carbon_left + EPS {
         return Ok(Some(fast));
@@ -262,7 +360,7 @@ fn best_edges(g: &Graph, f: &Filter, banned: &Banned, src: u32, dst: u32, spent:
         }
         for e in g.edges(l.node) {
             let w = g.target[e];
-            if !f.edge_ok[e] || !f.node_ok[w as usize] || banned.edge(e) || banned.node(w) || lb_cost[w as usize] == u64::MAX {
+            if !f.edge_ok(g, e) || banned.edge(e) || banned.node(w) || lb_cost[w as usize] == u64::MAX {
                 continue;
             }
             let next = Label { node: w, cost: l.cost + g.cost[e], latency: l.latency + g.latency[e], carbon: l.carbon + g.carbon[e], hops: l.hops + 1, pred: li, edge: e as u32 };
@@ -356,7 +454,7 @@ pub fn route(g: &Graph, from: &str, to: &str, c: &Constraints, k: usize) -> Resu
         }
         return Ok(Answer::Found { best: info(g, src, Vec::new()), backups: Vec::new() });
     }
-    let endpoints_ok = full.node_ok[src as usize] && full.node_ok[dst as usize];
+    let endpoints_ok = full.node_ok(g, src) && full.node_ok(g, dst);
     let found = if endpoints_ok { best_edges(g, &full, &Banned::default(), src, dst, (0.0, 0.0), &mut s)? } else { None };
     let Some(best) = found else {
         return explain(g, c, src, dst, &mut s);
@@ -415,7 +513,14 @@ fn explain_endpoint(g: &Graph, c: &Constraints, which: &str, v: u32, step: &str)
 /// that leaves no path.
 fn explain(g: &Graph, c: &Constraints, src: u32, dst: u32, s: &mut Scratch) -> Result<Answer> {
     let none = Banned::default();
-    let open = Filter { node_ok: vec![true; g.len()], edge_ok: g.up.clone(), latency_budget: f64::INFINITY, carbon_max: f64::INFINITY };
+    let open = Filter {
+        min_trust: f64::NEG_INFINITY,
+        attestation: Attestation::None,
+        jurisdiction_ok: vec![true; g.jurisdictions.len()],
+        min_bandwidth: f64::NEG_INFINITY,
+        latency_budget: f64::INFINITY,
+        carbon_max: f64::INFINITY,
+    };
     dijkstra(g, &open, &none, src, Some(dst), s, &|e| g.cost[e], false);
     if s.dist[dst as usize].0 == u64::MAX {
         return Ok(Answer::NoPath { constraint: "topology".into(), reason: format!("'{}' and '{}' are not connected by links that are up", g.ids[src as usize], g.ids[dst as usize]) });
@@ -518,7 +623,7 @@ pub fn check_path(g: &Graph, ids: &[String]) -> Result<PathInfo> {
 pub fn satisfies(g: &Graph, c: &Constraints, p: &PathInfo) -> bool {
     let Some(src) = p.nodes.first().and_then(|id| g.index.get(id)) else { return false };
     let f = filter(g, c, *src, STEPS.len());
-    let nodes_ok = p.nodes.iter().all(|id| f.node_ok[g.index[id] as usize]);
-    let edges_ok = p.edges.iter().all(|e| f.edge_ok[*e as usize]);
+    let nodes_ok = p.nodes.iter().all(|id| f.node_ok(g, g.index[id]));
+    let edges_ok = p.edges.iter().all(|e| f.edge_ok(g, *e as usize));
     nodes_ok && edges_ok && p.latency_ms <= f.latency_budget + EPS && p.carbon <= f.carbon_max + EPS
 }
