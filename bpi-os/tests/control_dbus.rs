@@ -102,7 +102,7 @@ fn policy_check_names_file_line_and_key() {
     let bad = s.dir.path().join("bad.toml");
     std::fs::write(&bad, "[[intent]]\nname = \"x\"\ntrust_flor = 0.9\n").unwrap();
     let out = cli(&s, None, &["nxos", "policy", "check", bad.to_str().unwrap()]);
-    assert!(!out.status.success() && text(&out).contains("bad.toml") && text(&out).contains("line 3") && text(&out).contains("trust_flor"), "{}", text(&out));
+    assert!(!out.status.success() && text(&out).contains("bad.toml") && text(&out).contains("bad.toml:3:") && text(&out).contains("trust_flor"), "{}", text(&out));
     std::fs::write(&bad, "[[intent]]\nname = \"x\"\n\ncarbon_max = -2\n").unwrap();
     let out = cli(&s, None, &["nxos", "policy", "check", bad.to_str().unwrap()]);
     assert!(!out.status.success() && text(&out).contains("bad.toml:4") && text(&out).contains("carbon_max"), "{}", text(&out));

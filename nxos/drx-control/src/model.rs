@@ -72,14 +72,9 @@ pub struct Topology {
     pub links: Vec<Link>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawFile {
-    #[serde(default)]
     control: Option<RawControl>,
-    #[serde(default)]
     node: Vec<RawNode>,
-    #[serde(default)]
     link: Vec<RawLink>,
 }
 
@@ -176,6 +171,77 @@ pub fn locate(text: &str, table: &str, index: Option<usize>, key: &str) -> usize
     table_line
 }
 
+/// One table of a TOML file: its header (None before the first), the line
+/// its body starts on (1-based) and the body's text.
+pub struct Section<'a> {
+    pub header: Option<&'a str>,
+    pub first_line: usize,
+    pub body: String,
+}
+
+/// Splits a TOML file at its table headers (a header alone on its line), so
+/// each table is parsed alone: the parser then never holds the whole file as
+/// a document (a 10k-node Meta-RIB stays a few MB), and errors get exact lines.
+pub fn sections(text: &str) -> Vec<Section<'_>> {
+    let mut out = vec![Section { header: None, first_line: 1, body: String::new() }];
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') && t.ends_with(']') {
+            out.push(Section { header: Some(t), first_line: n + 2, body: String::new() });
+        } else {
+            let last = out.last_mut().expect("one section at least");
+            last.body.push_str(line);
+            last.body.push('\n');
+        }
+    }
+    out
+}
+
+/// Parses one table's body as `T`; errors as `FILE:LINE: ...`.
+pub fn parse_section<T: serde::de::DeserializeOwned>(s: &Section<'_>, origin: &str) -> Result<T> {
+    basic_toml::from_str(&s.body).map_err(|e| toml_error(&s.body, origin, s.first_line, &e.to_string()))
+}
+
+/// A TOML error from a section whose body starts on `first_line`, as
+/// `FILE:LINE: ...`: unknown keys and values are found on their own line,
+/// other errors keep the parser's line, moved by the section's offset.
+pub fn toml_error(body: &str, origin: &str, first_line: usize, err: &str) -> anyhow::Error {
+    let quoted = |marker: &str| err.split(marker).nth(1).and_then(|rest| rest.split('`').next()).map(str::to_string);
+    let line_of = |pred: &dyn Fn(&str) -> bool| body.lines().position(|l| pred(l.trim()));
+    let found = if let Some(key) = quoted("unknown field `") {
+        line_of(&|l: &str| l.split_once('=').is_some_and(|(k, _)| k.trim() == key))
+    } else if let Some(value) = quoted("unknown variant `") {
+        line_of(&|l: &str| l.split_once('=').is_some_and(|(_, v)| v.split('#').next().unwrap_or("").trim() == format!("\"{value}\"")))
+    } else {
+        err.split(" at line ").nth(1).and_then(|r| r.split_whitespace().next()?.parse::<usize>().ok()).map(|n| n.saturating_sub(1))
+    };
+    let detail = err.split(" for key ").next().unwrap_or(err).split(" at line ").next().unwrap_or(err).trim_end();
+    anyhow::anyhow!("{origin}:{}: {detail}", first_line + found.unwrap_or(0))
+}
+
+/// Reads a file of `[[KIND]]` tables (and an optional `[control]`-like
+/// table) section by section.
+fn read_sections(text: &str, origin: &str) -> Result<RawFile> {
+    let mut raw = RawFile { control: None, node: Vec::new(), link: Vec::new() };
+    for s in sections(text) {
+        match s.header {
+            None => {
+                let _: Empty = parse_section(&s, origin)?;
+            }
+            Some("[control]") if raw.control.is_none() => raw.control = Some(parse_section(&s, origin)?),
+            Some("[[node]]") => raw.node.push(parse_section(&s, origin)?),
+            Some("[[link]]") => raw.link.push(parse_section(&s, origin)?),
+            Some(h) => bail!("{origin}:{}: table {h} is not one of [control] (once), [[node]], [[link]]", s.first_line - 1),
+        }
+    }
+    Ok(raw)
+}
+
+/// Nothing may stand before the first table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
 /// Checks a number is finite and within `lo..=hi`.
 pub fn check_range(value: f64, lo: f64, hi: f64) -> std::result::Result<(), String> {
     if !value.is_finite() {
@@ -222,7 +288,7 @@ pub fn input_values(i: &TrustInputs) -> [f64; 7] {
 
 impl Topology {
     pub fn parse(text: &str, origin: &str) -> Result<Topology> {
-        let raw: RawFile = toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {}", e.to_string().trim_end()))?;
+        let raw = read_sections(text, origin)?;
         let at = |table: &str, index: Option<usize>, key: &str| format!("{origin}:{}", locate(text, table, index, key));
         let mut settings = ControlSettings::default();
         if let Some(c) = raw.control {
@@ -393,7 +459,8 @@ carbon = 3
             (GOOD.replace("id = \"b\"", "id = \"a\""), ":20:", "defined twice"),
             (GOOD.replace("prefixes = [\"10.1.0.0/16\"]", "prefixes = [\"10.1.0.1/16\"]"), ":8:", "host bits"),
             (GOOD.replace("local = \"a\"", "local = \"q\""), ":3:", "control.local"),
-            (GOOD.replace("compliance = 90", "compliance = 90\ncolour = 1"), "line 18", "colour"),
+            (GOOD.replace("compliance = 90", "compliance = 90\ncolour = 1"), ":18:", "colour"),
+            (GOOD.replace("attestation = \"tpm\"", "attestation = \"tmp\""), ":10:", "unknown variant `tmp`"),
             (GOOD.replace("score = 0.5", "score = 2"), ":28:", "score"),
         ];
         for (text, line, key) in cases {

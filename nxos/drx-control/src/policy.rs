@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    model::{check_range, locate, Attestation},
+    model::{check_range, locate, parse_section, sections, Attestation, Empty},
     path::Constraints,
 };
 
@@ -38,10 +38,7 @@ pub struct Intent {
     pub origin: String,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawFile {
-    #[serde(default)]
     intent: Vec<RawIntent>,
 }
 
@@ -65,7 +62,16 @@ struct RawIntent {
 }
 
 pub fn parse(text: &str, origin: &str) -> Result<Vec<Intent>> {
-    let raw: RawFile = toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {}", e.to_string().trim_end()))?;
+    let mut raw = RawFile { intent: Vec::new() };
+    for s in sections(text) {
+        match s.header {
+            None => {
+                let _: Empty = parse_section(&s, origin)?;
+            }
+            Some("[[intent]]") => raw.intent.push(parse_section(&s, origin)?),
+            Some(h) => bail!("{origin}:{}: table {h} is not [[intent]]", s.first_line - 1),
+        }
+    }
     let mut out: Vec<Intent> = Vec::new();
     for (i, r) in raw.intent.into_iter().enumerate() {
         let at = |key: &str| format!("{origin}:{}", locate(text, "intent", Some(i), key));
@@ -175,9 +181,9 @@ mod tests {
         let cases = [
             (base.replace("trust_floor = 0.5", "trust_floor = 1.5"), "p.toml:3:", "trust_floor"),
             (base.replace("latency_budget_ms = 5", "latency_budget_ms = nan"), "p.toml:7:", "not a finite"),
-            (base.replace("latency_budget_ms = 5", "latency_budget = 5"), "line 7", "latency_budget"),
+            (base.replace("latency_budget_ms = 5", "latency_budget = 5"), "p.toml:7:", "latency_budget"),
             (base.replace("name = \"b\"", "name = \"a\""), "p.toml:6:", "defined twice"),
-            (base.replace("latency_budget_ms = 5", "attestation = \"maybe\""), "line 7", "attestation"),
+            (base.replace("latency_budget_ms = 5", "attestation = \"maybe\""), "p.toml:7:", "maybe"),
             (base.replace("latency_budget_ms = 5", "jurisdiction_allow = []"), "p.toml:7:", "allows nothing"),
             (base.replace("latency_budget_ms = 5", "backups = 99"), "p.toml:7:", "backups"),
         ];
