@@ -155,7 +155,7 @@ fn daemon_memory(bin: &Path, topology: &Path) -> serde_json::Value {
     std::fs::write(
         &conf,
         format!(
-            "<busconfig><type>session</type><listen>unix:path={}</listen><auth>EXTERNAL</auth><policy context=\"default\"><allow user=\"*\"/><allow own=\"*\"/><allow send_destination=\"*\"/></policy></busconfig>",
+            "<busconfig><type>system</type><listen>unix:path={}</listen><auth>EXTERNAL</auth><policy context=\"default\"><allow user=\"*\"/><allow own=\"*\"/><allow send_destination=\"*\" eavesdrop=\"true\"/><allow eavesdrop=\"true\"/></policy></busconfig>",
             dir.path().join("bus.sock").display()
         ),
     )

@@ -26,10 +26,11 @@ use crate::{
     policy::Intent,
 };
 
-#[derive(Clone, Debug, Serialize)]
+/// One routing-table entry, by node index (names are rendered on query).
+#[derive(Clone, Copy, Debug)]
 pub struct RouteRow {
-    pub destination: String,
-    pub next_hop: String,
+    pub destination: u32,
+    pub next_hop: u32,
     pub cost: u64,
 }
 
@@ -73,8 +74,10 @@ pub struct Change {
 }
 
 impl Engine {
-    pub fn new(topology: Topology, intents: BTreeMap<String, Intent>, pin_dir: Option<PathBuf>) -> Engine {
+    pub fn new(mut topology: Topology, intents: BTreeMap<String, Intent>, pin_dir: Option<PathBuf>) -> Engine {
         let graph = Graph::build(&topology);
+        // The graph holds every link (both directions): keep one copy.
+        topology.links = Vec::new();
         let mut e = Engine { topology, graph, intents, routing: Vec::new(), metrics: Metrics::default(), pin_dir, written: None, scratch: Scratch::default() };
         e.recompute_routing();
         e
@@ -97,11 +100,11 @@ impl Engine {
     pub fn recompute_routing(&mut self) -> u64 {
         let started = Instant::now();
         self.routing.clear();
-        if let Some(src) = self.topology.settings.local.as_ref().and_then(|l| self.graph.index.get(l)).copied() {
+        if let Some(src) = self.topology.settings.local.as_ref().and_then(|l| self.graph.find(l)) {
             let tree = path::tree(&self.graph, src, &mut self.scratch);
             for (v, hop) in tree.iter().enumerate() {
                 if let Some((next, cost)) = hop {
-                    self.routing.push(RouteRow { destination: self.graph.ids[v].clone(), next_hop: self.graph.ids[*next as usize].clone(), cost: *cost });
+                    self.routing.push(RouteRow { destination: v as u32, next_hop: *next, cost: *cost });
                 }
             }
         }
@@ -109,7 +112,7 @@ impl Engine {
         self.metrics.recomputes += 1;
         self.metrics.last_recompute_us = us;
         self.metrics.nodes = self.graph.len();
-        self.metrics.links = self.topology.links.len();
+        self.metrics.links = self.graph.target.len() / 2;
         self.metrics.blacklisted = self.graph.trust.iter().filter(|t| **t < self.topology.settings.blacklist_threshold).count();
         us
     }
@@ -129,16 +132,9 @@ impl Engine {
         for (key, v, hi) in [("latency_ms", latency_ms, 1e9), ("bandwidth_mbps", bandwidth_mbps, 1e12), ("loss", loss, 1.0), ("carbon", carbon, 1e12)] {
             check_range(v, 0.0, hi).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
         }
-        self.node(a)?;
-        self.node(b)?;
-        let li = self
-            .topology
-            .links
-            .iter()
-            .position(|l| (l.a == a && l.b == b) || (l.a == b && l.b == a))
-            .with_context(|| format!("no link between '{a}' and '{b}'"))?;
-        let l = &mut self.topology.links[li];
-        (l.latency_ms, l.bandwidth_mbps, l.loss, l.carbon, l.up) = (latency_ms, bandwidth_mbps, loss, carbon, up);
+        let (ia, ib) = (self.node(a)? as u32, self.node(b)? as u32);
+        let g = &self.graph;
+        let li = g.edges(ia).find(|e| g.target[*e] == ib).map(|e| g.link[e]).with_context(|| format!("no link between '{a}' and '{b}'"))?;
         self.graph.set_link(li as u32, latency_ms, bandwidth_mbps, loss, carbon, up);
         self.changed(json!({ "link": [a, b], "latency_ms": latency_ms, "bandwidth_mbps": bandwidth_mbps, "loss": loss, "carbon": carbon, "up": up }))
     }
@@ -234,9 +230,23 @@ impl Engine {
                 v
             })
             .collect();
-        let mut v = json!({ "local": self.topology.settings.local, "nodes": nodes, "links": self.topology.links });
+        let g = &self.graph;
+        let links: Vec<Value> = (0..g.target.len())
+            .filter(|e| (*e as u32) < g.reverse[*e])
+            .map(|e| {
+                let from = g.target[g.reverse[e] as usize] as usize;
+                json!({ "a": g.ids[from], "b": g.ids[g.target[e] as usize], "latency_ms": g.latency_of(e), "bandwidth_mbps": g.bandwidth_of(e), "loss": g.loss_of(e), "carbon": g.carbon_of(e), "up": g.up_of(e) })
+            })
+            .collect();
+        let mut v = json!({ "local": self.topology.settings.local, "nodes": nodes, "links": links });
         if routing_table {
-            v["routing_table"] = json!(self.routing);
+            let ids = &self.graph.ids;
+            let rows: Vec<Value> = self
+                .routing
+                .iter()
+                .map(|r| json!({ "destination": ids[r.destination as usize], "next_hop": ids[r.next_hop as usize], "cost": r.cost }))
+                .collect();
+            v["routing_table"] = json!(rows);
         }
         v
     }

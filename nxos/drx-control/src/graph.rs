@@ -22,7 +22,8 @@ pub const COST_SCALE: f64 = 1e6;
 pub struct Graph {
     pub settings: ControlSettings,
     pub ids: Vec<String>,
-    pub index: BTreeMap<String, u32>,
+    /// Node indices sorted by id, for lookups by name.
+    by_id: Vec<u32>,
     pub trust: Vec<f64>,
     pub attestation: Vec<Attestation>,
     pub jurisdiction: Vec<u32>,
@@ -33,12 +34,14 @@ pub struct Graph {
     /// The entry for the same link in the other direction.
     pub reverse: Vec<u32>,
     pub link: Vec<u32>,
+    /// Per adjacency entry: it depends on the trust of the node it leads to.
+    pub cost: Vec<u64>,
+    /// Per link (both directions share them), by link index.
     pub latency: Vec<f64>,
     pub bandwidth: Vec<f64>,
     pub loss: Vec<f64>,
     pub carbon: Vec<f64>,
     pub up: Vec<bool>,
-    pub cost: Vec<u64>,
 }
 
 pub fn hop_score(settings: &ControlSettings, trust_to: f64, latency: f64, loss: f64, bandwidth: f64) -> f64 {
@@ -59,13 +62,14 @@ pub fn node_trust(n: &crate::model::Node) -> f64 {
 impl Graph {
     pub fn build(t: &Topology) -> Graph {
         let n = t.nodes.len();
-        let index: BTreeMap<String, u32> = t.nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i as u32)).collect();
+        let index: BTreeMap<&str, u32> = t.nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i as u32)).collect();
+        let by_id: Vec<u32> = index.values().copied().collect();
         let mut jurisdictions: Vec<String> = t.nodes.iter().map(|n| n.jurisdiction.clone()).collect();
         jurisdictions.sort();
         jurisdictions.dedup();
         let jurisdiction = t.nodes.iter().map(|n| jurisdictions.binary_search(&n.jurisdiction).unwrap_or(0) as u32).collect();
         let mut degree = vec![0u32; n + 1];
-        let ends: Vec<(u32, u32)> = t.links.iter().map(|l| (index[&l.a], index[&l.b])).collect();
+        let ends: Vec<(u32, u32)> = t.links.iter().map(|l| (index[l.a.as_str()], index[l.b.as_str()])).collect();
         for (a, b) in &ends {
             degree[*a as usize] += 1;
             degree[*b as usize] += 1;
@@ -78,7 +82,7 @@ impl Graph {
         let mut g = Graph {
             settings: t.settings.clone(),
             ids: t.nodes.iter().map(|n| n.id.clone()).collect(),
-            index,
+            by_id,
             trust: t.nodes.iter().map(node_trust).collect(),
             attestation: t.nodes.iter().map(|n| n.attestation).collect(),
             jurisdiction,
@@ -87,15 +91,15 @@ impl Graph {
             target: vec![0; m],
             reverse: vec![0; m],
             link: vec![0; m],
-            latency: vec![0.0; m],
-            bandwidth: vec![0.0; m],
-            loss: vec![0.0; m],
-            carbon: vec![0.0; m],
-            up: vec![true; m],
             cost: vec![0; m],
+            latency: t.links.iter().map(|l| l.latency_ms).collect(),
+            bandwidth: t.links.iter().map(|l| l.bandwidth_mbps).collect(),
+            loss: t.links.iter().map(|l| l.loss).collect(),
+            carbon: t.links.iter().map(|l| l.carbon).collect(),
+            up: t.links.iter().map(|l| l.up).collect(),
         };
         let mut fill = offsets;
-        for (li, ((a, b), l)) in ends.iter().zip(&t.links).enumerate() {
+        for (li, (a, b)) in ends.iter().enumerate() {
             let ea = fill[*a as usize] as usize;
             fill[*a as usize] += 1;
             let eb = fill[*b as usize] as usize;
@@ -104,11 +108,6 @@ impl Graph {
                 g.target[e] = to;
                 g.reverse[e] = rev as u32;
                 g.link[e] = li as u32;
-                g.latency[e] = l.latency_ms;
-                g.bandwidth[e] = l.bandwidth_mbps;
-                g.loss[e] = l.loss;
-                g.carbon[e] = l.carbon;
-                g.up[e] = l.up;
             }
         }
         for e in 0..m {
@@ -118,7 +117,33 @@ impl Graph {
     }
 
     fn entry_cost(&self, e: usize) -> u64 {
-        hop_cost(hop_score(&self.settings, self.trust[self.target[e] as usize], self.latency[e], self.loss[e], self.bandwidth[e]))
+        hop_cost(hop_score(&self.settings, self.trust[self.target[e] as usize], self.latency_of(e), self.loss_of(e), self.bandwidth_of(e)))
+    }
+
+    /// The node index of `id`.
+    pub fn find(&self, id: &str) -> Option<u32> {
+        self.by_id.binary_search_by(|i| self.ids[*i as usize].as_str().cmp(id)).ok().map(|p| self.by_id[p])
+    }
+
+    #[inline]
+    pub fn latency_of(&self, e: usize) -> f64 {
+        self.latency[self.link[e] as usize]
+    }
+    #[inline]
+    pub fn bandwidth_of(&self, e: usize) -> f64 {
+        self.bandwidth[self.link[e] as usize]
+    }
+    #[inline]
+    pub fn loss_of(&self, e: usize) -> f64 {
+        self.loss[self.link[e] as usize]
+    }
+    #[inline]
+    pub fn carbon_of(&self, e: usize) -> f64 {
+        self.carbon[self.link[e] as usize]
+    }
+    #[inline]
+    pub fn up_of(&self, e: usize) -> bool {
+        self.up[self.link[e] as usize]
     }
 
     pub fn len(&self) -> usize {
@@ -144,13 +169,10 @@ impl Graph {
 
     /// A link's measurements changed (both directions).
     pub fn set_link(&mut self, link: u32, latency: f64, bandwidth: f64, loss: f64, carbon: f64, up: bool) {
+        let l = link as usize;
+        (self.latency[l], self.bandwidth[l], self.loss[l], self.carbon[l], self.up[l]) = (latency, bandwidth, loss, carbon, up);
         for e in 0..self.target.len() {
             if self.link[e] == link {
-                self.latency[e] = latency;
-                self.bandwidth[e] = bandwidth;
-                self.loss[e] = loss;
-                self.carbon[e] = carbon;
-                self.up[e] = up;
                 self.cost[e] = self.entry_cost(e);
             }
         }

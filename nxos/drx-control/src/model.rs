@@ -172,34 +172,35 @@ pub fn locate(text: &str, table: &str, index: Option<usize>, key: &str) -> usize
 }
 
 /// One table of a TOML file: its header (None before the first), the line
-/// its body starts on (1-based) and the body's text.
+/// its body starts on (1-based) and the body's text (a slice of the file).
 pub struct Section<'a> {
     pub header: Option<&'a str>,
     pub first_line: usize,
-    pub body: String,
+    pub body: &'a str,
 }
 
 /// Splits a TOML file at its table headers (a header alone on its line), so
 /// each table is parsed alone: the parser then never holds the whole file as
 /// a document (a 10k-node Meta-RIB stays a few MB), and errors get exact lines.
 pub fn sections(text: &str) -> Vec<Section<'_>> {
-    let mut out = vec![Section { header: None, first_line: 1, body: String::new() }];
-    for (n, line) in text.lines().enumerate() {
+    let mut out = Vec::new();
+    let (mut header, mut first_line, mut start) = (None, 1, 0);
+    let mut offset = 0;
+    for (n, line) in text.split_inclusive('\n').enumerate() {
         let t = line.trim();
         if t.starts_with('[') && t.ends_with(']') {
-            out.push(Section { header: Some(t), first_line: n + 2, body: String::new() });
-        } else {
-            let last = out.last_mut().expect("one section at least");
-            last.body.push_str(line);
-            last.body.push('\n');
+            out.push(Section { header, first_line, body: &text[start..offset] });
+            (header, first_line, start) = (Some(t), n + 2, offset + line.len());
         }
+        offset += line.len();
     }
+    out.push(Section { header, first_line, body: &text[start..] });
     out
 }
 
 /// Parses one table's body as `T`; errors as `FILE:LINE: ...`.
 pub fn parse_section<T: serde::de::DeserializeOwned>(s: &Section<'_>, origin: &str) -> Result<T> {
-    basic_toml::from_str(&s.body).map_err(|e| toml_error(&s.body, origin, s.first_line, &e.to_string()))
+    basic_toml::from_str(s.body).map_err(|e| toml_error(s.body, origin, s.first_line, &e.to_string()))
 }
 
 /// A TOML error from a section whose body starts on `first_line`, as

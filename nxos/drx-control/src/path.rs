@@ -87,7 +87,7 @@ impl Filter {
     /// The hop itself (link up, wide enough) and the node it leads to.
     #[inline]
     fn edge_ok(&self, g: &Graph, e: usize) -> bool {
-        g.up[e] && g.bandwidth[e] + EPS >= self.min_bandwidth && self.node_ok(g, g.target[e])
+        g.up_of(e) && g.bandwidth_of(e) + EPS >= self.min_bandwidth && self.node_ok(g, g.target[e])
     }
 }
 
@@ -196,7 +196,7 @@ fn bidirectional(g: &Graph, f: &Filter, banned: &Banned, src: u32, dst: u32, s: 
             let w = g.target[e];
             // Forward walks hop e = v->w; backward walks hop reverse[e] = w->v.
             let hop = if dir == 0 { e } else { g.reverse[e] as usize };
-            let allowed = if dir == 0 { f.edge_ok(g, hop) } else { f.node_ok(g, w) && g.up[hop] && g.bandwidth[hop] + EPS >= f.min_bandwidth };
+            let allowed = if dir == 0 { f.edge_ok(g, hop) } else { f.node_ok(g, w) && g.up_of(hop) && g.bandwidth_of(hop) + EPS >= f.min_bandwidth };
             if !allowed || banned.edge(hop) || banned.node(w) {
                 continue;
             }
@@ -300,7 +300,7 @@ impl Banned {
 }
 
 fn sums(g: &Graph, edges: &[u32]) -> (u64, f64, f64) {
-    edges.iter().fold((0, 0.0, 0.0), |(c, l, k), e| (c + g.cost[*e as usize], l + g.latency[*e as usize], k + g.carbon[*e as usize]))
+    edges.iter().fold((0, 0.0, 0.0), |(c, l, k), e| (c + g.cost[*e as usize], l + g.latency_of(*e as usize), k + g.carbon_of(*e as usize)))
 }
 
 const LABEL_LIMIT: usize = 4_000_000;
@@ -336,8 +336,8 @@ fn best_edges(g: &Graph, f: &Filter, banned: &Banned, src: u32, dst: u32, spent:
     };
     let lb_cost = bound(s, &|e| g.cost[e]);
     // Latency and carbon bounds in fixed point, rounded down so they never overestimate.
-    let lb_lat: Vec<f64> = bound(s, &|e| (g.latency[e] * 1e6).floor() as u64).iter().map(|d| if *d == u64::MAX { f64::INFINITY } else { *d as f64 / 1e6 }).collect();
-    let lb_carbon: Vec<f64> = bound(s, &|e| (g.carbon[e] * 1e6).floor() as u64).iter().map(|d| if *d == u64::MAX { f64::INFINITY } else { *d as f64 / 1e6 }).collect();
+    let lb_lat: Vec<f64> = bound(s, &|e| (g.latency_of(e) * 1e6).floor() as u64).iter().map(|d| if *d == u64::MAX { f64::INFINITY } else { *d as f64 / 1e6 }).collect();
+    let lb_carbon: Vec<f64> = bound(s, &|e| (g.carbon_of(e) * 1e6).floor() as u64).iter().map(|d| if *d == u64::MAX { f64::INFINITY } else { *d as f64 / 1e6 }).collect();
     let mut labels: Vec<Label> = vec![Label { node: src, cost: 0, latency: 0.0, carbon: 0.0, hops: 0, pred: NONE, edge: NONE }];
     let mut at: Vec<Vec<u32>> = vec![Vec::new(); g.len()];
     at[src as usize].push(0);
@@ -363,7 +363,7 @@ fn best_edges(g: &Graph, f: &Filter, banned: &Banned, src: u32, dst: u32, spent:
             if !f.edge_ok(g, e) || banned.edge(e) || banned.node(w) || lb_cost[w as usize] == u64::MAX {
                 continue;
             }
-            let next = Label { node: w, cost: l.cost + g.cost[e], latency: l.latency + g.latency[e], carbon: l.carbon + g.carbon[e], hops: l.hops + 1, pred: li, edge: e as u32 };
+            let next = Label { node: w, cost: l.cost + g.cost[e], latency: l.latency + g.latency_of(e), carbon: l.carbon + g.carbon_of(e), hops: l.hops + 1, pred: li, edge: e as u32 };
             if next.latency + lb_lat[w as usize] > latency_left + EPS || next.carbon + lb_carbon[w as usize] > carbon_left + EPS {
                 continue;
             }
@@ -401,10 +401,10 @@ pub fn info(g: &Graph, src: u32, edges: Vec<u32>) -> PathInfo {
         let v = g.target[e] as usize;
         nodes.push(g.ids[v].clone());
         min_trust = min_trust.min(g.trust[v]);
-        latency += g.latency[e];
-        carbon += g.carbon[e];
-        reliability *= 1.0 - g.loss[e];
-        bw = f64::min(bw, g.bandwidth[e]);
+        latency += g.latency_of(e);
+        carbon += g.carbon_of(e);
+        reliability *= 1.0 - g.loss_of(e);
+        bw = f64::min(bw, g.bandwidth_of(e));
         cost += g.cost[e];
     }
     let latency_norm = 1.0 - (latency / g.settings.latency_ref_ms).min(1.0);
@@ -429,8 +429,8 @@ fn order(a: &PathInfo, b: &PathInfo) -> Ordering {
 
 /// Resolves a node id (or its position) for a query.
 pub fn lookup(g: &Graph, id: &str) -> Result<u32> {
-    match g.index.get(id) {
-        Some(i) => Ok(*i),
+    match g.find(id) {
+        Some(i) => Ok(i),
         None => bail!("unknown node '{id}'"),
     }
 }
@@ -540,7 +540,7 @@ fn explain(g: &Graph, c: &Constraints, src: u32, dst: u32, s: &mut Scratch) -> R
                 if best_edges(g, &f, &none, src, dst, (0.0, 0.0), s)?.is_none() {
                     // The least latency (or carbon) possible under the earlier constraints.
                     let earlier = filter(g, c, src, upto - 1);
-                    let scaled: &dyn Fn(usize) -> u64 = if *step == "latency_budget" { &|e| (g.latency[e] * 1e6).round() as u64 } else { &|e| (g.carbon[e] * 1e6).round() as u64 };
+                    let scaled: &dyn Fn(usize) -> u64 = if *step == "latency_budget" { &|e| (g.latency_of(e) * 1e6).round() as u64 } else { &|e| (g.carbon_of(e) * 1e6).round() as u64 };
                     dijkstra(g, &Filter { latency_budget: f64::INFINITY, carbon_max: f64::INFINITY, ..earlier }, &none, src, Some(dst), s, scaled, false);
                     let least = s.dist[dst as usize].0 as f64 / 1e6;
                     let reason = if least > limit + EPS {
@@ -610,7 +610,7 @@ pub fn check_path(g: &Graph, ids: &[String]) -> Result<PathInfo> {
     }
     let mut edges = Vec::new();
     for w in nodes.windows(2) {
-        let e = g.edges(w[0]).filter(|e| g.target[*e] == w[1] && g.up[*e]).min_by_key(|e| g.cost[*e]);
+        let e = g.edges(w[0]).filter(|e| g.target[*e] == w[1] && g.up_of(*e)).min_by_key(|e| g.cost[*e]);
         match e {
             Some(e) => edges.push(e as u32),
             None => bail!("no link up from '{}' to '{}'", g.ids[w[0] as usize], g.ids[w[1] as usize]),
@@ -621,9 +621,9 @@ pub fn check_path(g: &Graph, ids: &[String]) -> Result<PathInfo> {
 
 /// Whether `p` meets every constraint (used by tests and by `route --check`).
 pub fn satisfies(g: &Graph, c: &Constraints, p: &PathInfo) -> bool {
-    let Some(src) = p.nodes.first().and_then(|id| g.index.get(id)) else { return false };
-    let f = filter(g, c, *src, STEPS.len());
-    let nodes_ok = p.nodes.iter().all(|id| f.node_ok(g, g.index[id]));
+    let Some(src) = p.nodes.first().and_then(|id| g.find(id)) else { return false };
+    let f = filter(g, c, src, STEPS.len());
+    let nodes_ok = p.nodes.iter().all(|id| g.find(id).is_some_and(|v| f.node_ok(g, v)));
     let edges_ok = p.edges.iter().all(|e| f.edge_ok(g, *e as usize));
     nodes_ok && edges_ok && p.latency_ms <= f.latency_budget + EPS && p.carbon <= f.carbon_max + EPS
 }

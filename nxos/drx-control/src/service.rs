@@ -103,7 +103,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
         Some(outcome) => note(&outcome),
         None => note("the data plane's maps are not pinned; scores go there once bpi-drx-data.service runs and the next change comes"),
     }
-    let status = format!("{} nodes, {} links, {} intents", engine.graph.len(), engine.topology.links.len(), engine.intents.len());
+    let status = format!("{} nodes, {} links, {} intents", engine.graph.len(), engine.graph.target.len() / 2, engine.intents.len());
     note(&status);
     let service = ControlService { engine: Arc::new(Mutex::new(engine)), admins };
     let sig = serve_until_signal(signals, opts.bus.as_deref(), BUS_NAME, OBJECT_PATH, service, &status)?;

@@ -33,7 +33,7 @@ fn all_paths(g: &Graph, from: &str, to: &str) -> Vec<PathInfo> {
         }
         for e in g.edges(at) {
             let w = g.target[e];
-            if g.up[e] && !seen.contains(&w) {
+            if g.up_of(e) && !seen.contains(&w) {
                 seen.push(w);
                 edges.push(e as u32);
                 walk(g, w, to, seen, edges, out);
@@ -42,7 +42,7 @@ fn all_paths(g: &Graph, from: &str, to: &str) -> Vec<PathInfo> {
             }
         }
     }
-    let (s, t) = (g.index[from], g.index[to]);
+    let (s, t) = (g.find(from).unwrap(), g.find(to).unwrap());
     let mut out = Vec::new();
     walk(g, s, t, &mut vec![s], &mut Vec::new(), &mut out);
     out.into_iter().map(|edges| info(g, s, edges)).collect()
