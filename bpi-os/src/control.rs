@@ -31,6 +31,33 @@ pub struct Source {
 }
 
 #[derive(Subcommand)]
+pub enum LinkCommand {
+    /// Set what is given; the rest keeps its current value.
+    Update {
+        #[arg(long)]
+        a: String,
+        #[arg(long)]
+        b: String,
+        #[arg(long)]
+        latency_ms: Option<f64>,
+        #[arg(long)]
+        bandwidth_mbps: Option<f64>,
+        #[arg(long)]
+        loss: Option<f64>,
+        #[arg(long)]
+        carbon: Option<f64>,
+        #[arg(long, conflicts_with = "up")]
+        down: bool,
+        #[arg(long)]
+        up: bool,
+        #[arg(long, value_name = "ADDRESS")]
+        bus: Option<String>,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum PolicyCommand {
     /// Check an intent policy file; errors name the file, line and key.
     Check { file: PathBuf },
@@ -211,6 +238,60 @@ pub fn trust_via_daemon(proxy: &Control1ProxyBlocking<'_>, updates: &[(f64, Stri
             println!("node {node}: trust {score}; routes recomputed in {} us; {}", v["recompute_us"], v["data_plane"].as_str().unwrap_or("no data plane maps"));
         }
     }
+    Ok(())
+}
+
+pub fn check_path(source: &Source, nodes: &[String], intent: Option<&str>, json: bool) -> Result<()> {
+    let v: Value = match offline(source)? {
+        Some(e) => e.check(nodes, intent)?,
+        None => {
+            let ids: Vec<&str> = nodes.iter().map(String::as_str).collect();
+            serde_json::from_str(&daemon(source)?.1.check_path(&ids, intent.unwrap_or("")).map_err(remote_err)?)?
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let p = &v["path"];
+    println!(
+        "{}: {} hops, {:.3} ms, carbon {:.3}, min trust {:.3}, cost {}; {}",
+        nodes.join(" -> "),
+        p["hops"],
+        p["latency_ms"].as_f64().unwrap_or(0.0),
+        p["carbon"].as_f64().unwrap_or(0.0),
+        p["min_trust"].as_f64().unwrap_or(0.0),
+        p["cost"],
+        if v["meets_constraints"] == true { "meets the constraints" } else { "does NOT meet the constraints" }
+    );
+    Ok(())
+}
+
+pub fn link(command: LinkCommand) -> Result<()> {
+    let LinkCommand::Update { a, b, latency_ms, bandwidth_mbps, loss, carbon, down, up, bus, dry_run } = command;
+    let source = Source { topology: None, policies: PathBuf::new(), bus };
+    let (_conn, proxy) = daemon(&source)?;
+    let topo: Value = serde_json::from_str(&proxy.topology(false, false).map_err(remote_err)?)?;
+    let current = topo["links"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| (l["a"] == a.as_str() && l["b"] == b.as_str()) || (l["a"] == b.as_str() && l["b"] == a.as_str())))
+        .with_context(|| format!("no link between '{a}' and '{b}'"))?
+        .clone();
+    let f = |k: &str| current[k].as_f64().unwrap_or(0.0);
+    let new = (
+        latency_ms.unwrap_or(f("latency_ms")),
+        bandwidth_mbps.unwrap_or(f("bandwidth_mbps")),
+        loss.unwrap_or(f("loss")),
+        carbon.unwrap_or(f("carbon")),
+        if down { false } else { up || current["up"] != false },
+    );
+    if dry_run {
+        println!("would set {a}-{b}: latency {} ms, bandwidth {} Mbps, loss {}, carbon {}, {}", new.0, new.1, new.2, new.3, if new.4 { "up" } else { "down" });
+        return Ok(());
+    }
+    let out = proxy.link_update(&a, &b, new.0, new.1, new.2, new.3, new.4).map_err(remote_err)?;
+    let v: Value = serde_json::from_str(&out)?;
+    println!("link {a}-{b} updated; routes recomputed in {} us; {}", v["recompute_us"], v["data_plane"].as_str().unwrap_or("no data plane maps"));
     Ok(())
 }
 

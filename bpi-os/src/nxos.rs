@@ -64,12 +64,16 @@ enum NxosCommand {
         #[arg(long)]
         json: bool,
     },
-    /// The best path and backups between two nodes, under an intent's constraints.
+    /// The best path and backups between two nodes, under an intent's
+    /// constraints; or, with --path, check a path given by hand.
     Route {
-        #[arg(long)]
-        from: String,
-        #[arg(long)]
-        to: String,
+        #[arg(long, required_unless_present = "path", conflicts_with = "path")]
+        from: Option<String>,
+        #[arg(long, required_unless_present = "path", conflicts_with = "path")]
+        to: Option<String>,
+        /// Node ids, comma-separated: check this path instead of searching.
+        #[arg(long, value_delimiter = ',')]
+        path: Option<Vec<String>>,
         #[arg(long)]
         intent: Option<String>,
         /// Backup paths (default: the intent's, else the topology's).
@@ -79,6 +83,11 @@ enum NxosCommand {
         source: control::Source,
         #[arg(long)]
         json: bool,
+    },
+    /// Change a link's measurements, or take it down or up (through the daemon).
+    Link {
+        #[command(subcommand)]
+        command: control::LinkCommand,
     },
     /// Intent policy files.
     Policy {
@@ -217,8 +226,12 @@ pub fn run(args: NxosArgs) -> Result<()> {
         NxosCommand::Start { dry_run } => control::start(dry_run),
         NxosCommand::Topology { trust_scores, routing_table, source, json } => control::topology(&source, trust_scores, routing_table, json),
         NxosCommand::Metrics { source, json } => control::metrics(&source, json),
-        NxosCommand::Route { from, to, intent, backups, source, json } => control::route(&source, &from, &to, intent.as_deref(), backups, json),
+        NxosCommand::Route { from, to, path, intent, backups, source, json } => match path {
+            Some(p) => control::check_path(&source, &p, intent.as_deref(), json),
+            None => control::route(&source, from.as_deref().unwrap_or(""), to.as_deref().unwrap_or(""), intent.as_deref(), backups, json),
+        },
         NxosCommand::Policy { command } => control::policy(command),
+        NxosCommand::Link { command } => control::link(command),
         NxosCommand::Control { command } => control::control(dir, command),
     }
 }

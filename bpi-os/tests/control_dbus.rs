@@ -75,6 +75,23 @@ fn control_plane_over_dbus_recomputes_and_writes_the_data_plane() {
     assert!(!out.status.success() && text(&out).contains("unknown intent 'nosuch'"), "{}", text(&out));
     assert_eq!(metrics(None)["changes"], 0);
 
+    // A hand-given path is checked, a cycle refused.
+    let checked = json(&cli(&s, Some(NOBODY), &["nxos", "route", "--path", "edge-a,core-c,dc-d", "--intent", "high_security_banking", "--json", "--bus", b]));
+    assert_eq!(checked["meets_constraints"], true);
+    let cycle = cli(&s, None, &["nxos", "route", "--path", "edge-a,core-c,edge-a,dc-d", "--bus", b]);
+    assert!(!cycle.status.success() && text(&cycle).contains("twice (a cycle)"), "{}", text(&cycle));
+
+    // A link taken down moves the route; nobody may not do it.
+    let denied = cli(&s, Some(NOBODY), &["nxos", "link", "update", "--a", "core-c", "--b", "dc-d", "--down", "--bus", b]);
+    assert!(!denied.status.success() && text(&denied).contains("AccessDenied"), "{}", text(&denied));
+    let out = cli(&s, None, &["nxos", "link", "update", "--a", "core-c", "--b", "dc-d", "--down", "--bus", b]);
+    assert!(out.status.success(), "{}", text(&out));
+    let r = json(&cli(&s, None, &["nxos", "route", "--from", "edge-a", "--to", "dc-d", "--json", "--bus", b]));
+    assert_eq!(r["best"]["nodes"], serde_json::json!(["edge-a", "transit-b", "dc-d"]));
+    let out = cli(&s, None, &["nxos", "link", "update", "--a", "core-c", "--b", "dc-d", "--up", "--bus", b]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(metrics(None)["changes"], 2);
+
     // Root blacklists transit-b: routes move off it and the data plane drops it.
     let dp_id = bpi_drx_control::model::default_dp_id("transit-b");
     let out = cli(&s, None, &["nxos", "trust", "update", "--node-id", "transit-b", "--score", "0.1", "--bus", b]);
@@ -85,7 +102,7 @@ fn control_plane_over_dbus_recomputes_and_writes_the_data_plane() {
     let snap = Tables::open(&pins).unwrap().snapshot().unwrap();
     assert_eq!(snap.nodes[&dp_id], 100_000);
     let m = metrics(None);
-    assert_eq!(m["changes"], 1);
+    assert_eq!(m["changes"], 3);
     assert!(m["data_plane_version"].as_u64().unwrap() >= 2, "{m}");
 
     // Offline planning from the same file needs no daemon.

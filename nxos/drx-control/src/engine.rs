@@ -209,6 +209,13 @@ impl Engine {
         }
     }
 
+    /// A path given by hand: its figures, and whether it meets the intent.
+    pub fn check(&self, nodes: &[String], intent: Option<&str>) -> Result<Value> {
+        let (c, _) = self.constraints(intent)?;
+        let p = path::check_path(&self.graph, nodes)?;
+        Ok(json!({ "path": p, "meets_constraints": path::satisfies(&self.graph, &c, &p) }))
+    }
+
     pub fn route(&self, from: &str, to: &str, intent: Option<&str>, backups: Option<usize>) -> Result<Answer> {
         let (c, k) = self.constraints(intent)?;
         path::route(&self.graph, from, to, &c, backups.unwrap_or(k))

@@ -47,6 +47,12 @@ impl ControlService {
         serde_json::to_string(&answer).map_err(|e| fdo::Error::Failed(e.to_string()))
     }
 
+    /// A hand-given path (node ids) checked: figures and whether it meets the intent.
+    fn check_path(&self, nodes: Vec<String>, intent: String) -> fdo::Result<String> {
+        let intent = (!intent.is_empty()).then_some(intent.as_str());
+        Ok(self.engine()?.check(&nodes, intent).map_err(invalid)?.to_string())
+    }
+
     fn metrics(&self) -> fdo::Result<String> {
         serde_json::to_string(&self.engine()?.metrics).map_err(|e| fdo::Error::Failed(e.to_string()))
     }
@@ -82,6 +88,7 @@ pub trait Control1 {
     fn topology(&self, trust_scores: bool, routing_table: bool) -> zbus::Result<String>;
     fn route(&self, from: &str, to: &str, intent: &str, backups: i32) -> zbus::Result<String>;
     fn metrics(&self) -> zbus::Result<String>;
+    fn check_path(&self, nodes: &[&str], intent: &str) -> zbus::Result<String>;
     fn trust_update(&self, node: &str, score: f64) -> zbus::Result<String>;
     #[allow(clippy::too_many_arguments)]
     fn link_update(&self, a: &str, b: &str, latency_ms: f64, bandwidth_mbps: f64, loss: f64, carbon: f64, up: bool) -> zbus::Result<String>;
