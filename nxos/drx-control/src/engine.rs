@@ -76,16 +76,20 @@ pub struct Change {
 impl Engine {
     pub fn new(mut topology: Topology, intents: BTreeMap<String, Intent>, pin_dir: Option<PathBuf>) -> Engine {
         let graph = Graph::build(&topology);
-        // The graph holds every link (both directions): keep one copy.
+        // The graph holds every link (both directions) and every node id:
+        // keep one copy of each.
         topology.links = Vec::new();
+        for n in &mut topology.nodes {
+            n.id = String::new();
+        }
         let mut e = Engine { topology, graph, intents, routing: Vec::new(), metrics: Metrics::default(), pin_dir, written: None, scratch: Scratch::default() };
         e.recompute_routing();
         e
     }
 
     fn node(&self, id: &str) -> Result<usize> {
-        if let Some(i) = self.topology.node_index(id) {
-            return Ok(i);
+        if let Some(i) = self.graph.find(id) {
+            return Ok(i as usize);
         }
         // A data-plane id works too.
         if let Ok(dp) = id.parse::<u32>() {
@@ -123,7 +127,7 @@ impl Engine {
         let i = self.node(id)?;
         self.topology.nodes[i].score_override = Some(score);
         self.graph.set_trust(i as u32, node_trust(&self.topology.nodes[i]));
-        self.changed(json!({ "node": self.topology.nodes[i].id, "score": score }))
+        self.changed(json!({ "node": self.graph.ids[i], "score": score }))
     }
 
     /// Changes a link's measurements, or takes it up or down.
@@ -227,8 +231,9 @@ impl Engine {
             .nodes
             .iter()
             .zip(&self.graph.trust)
-            .map(|(n, t)| {
-                let mut v = json!({ "id": n.id, "dp_id": n.dp_id, "jurisdiction": n.jurisdiction, "attestation": n.attestation, "prefixes": n.prefixes });
+            .zip(&self.graph.ids)
+            .map(|((n, t), id)| {
+                let mut v = json!({ "id": id, "dp_id": n.dp_id, "jurisdiction": n.jurisdiction, "attestation": n.attestation, "prefixes": n.prefixes });
                 if trust_scores {
                     v["trust"] = json!(t);
                     v["blacklisted"] = json!(*t < self.topology.settings.blacklist_threshold);

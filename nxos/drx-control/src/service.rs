@@ -105,6 +105,8 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     let signals = block_stop_signals()?;
     let admins = Admins::from_group(opts.admin_group.as_deref())?;
     let mut engine = opts.engine;
+    // Loading a large Meta-RIB leaves the parser's freed memory resident.
+    bpi_support::host::release_free_heap();
     let note = |s: &str| bpi_support::progress::note(&format!("drx-control: {s}"));
     match engine.sync_data_plane()? {
         Some(outcome) => note(&outcome),
