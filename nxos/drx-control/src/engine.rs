@@ -139,7 +139,7 @@ impl Engine {
         let (ia, ib) = (self.node(a)? as u32, self.node(b)? as u32);
         let g = &self.graph;
         let li = g.edges(ia).find(|e| g.target[*e] == ib).map(|e| g.link[e]).with_context(|| format!("no link between '{a}' and '{b}'"))?;
-        self.graph.set_link(li as u32, latency_ms, bandwidth_mbps, loss, carbon, up);
+        self.graph.set_link(li, latency_ms, bandwidth_mbps, loss, carbon, up);
         self.changed(json!({ "link": [a, b], "latency_ms": latency_ms, "bandwidth_mbps": bandwidth_mbps, "loss": loss, "carbon": carbon, "up": up }))
     }
 

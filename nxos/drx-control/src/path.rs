@@ -237,8 +237,18 @@ fn bidirectional(g: &Graph, f: &Filter, banned: &Banned, src: u32, dst: u32, s: 
 
 const NONE: u32 = u32::MAX;
 
+/// Which way a search walks the hops.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// From the source along hops u->v.
+    Forward,
+    /// From the destination against them (lower bounds to it).
+    Backward,
+}
+
 /// Dijkstra by (cost, hops) from `src`; stops at `dst` when given. Weights are
 /// chosen by `weight` (cost, or latency/carbon scaled, for bounds).
+#[allow(clippy::too_many_arguments)]
 fn dijkstra(
     g: &Graph,
     f: &Filter,
@@ -247,7 +257,7 @@ fn dijkstra(
     dst: Option<u32>,
     s: &mut Scratch,
     weight: &dyn Fn(usize) -> u64,
-    reverse: bool,
+    walk: Walk,
 ) {
     let n = g.len();
     s.dist.clear();
@@ -269,7 +279,7 @@ fn dijkstra(
         }
         for e in g.edges(v) {
             // Reverse searches walk hops into v: the entry u->v is reverse[e].
-            let (w, hop) = if reverse { (g.target[e], g.reverse[e] as usize) } else { (g.target[e], e) };
+            let (w, hop) = if walk == Walk::Backward { (g.target[e], g.reverse[e] as usize) } else { (g.target[e], e) };
             if !f.edge_ok(g, hop) || !f.node_ok(g, w) || banned.edge(hop) || banned.node(w) {
                 continue;
             }
@@ -331,7 +341,7 @@ fn best_edges(g: &Graph, f: &Filter, banned: &Banned, src: u32, dst: u32, spent:
     }
     // Lower bounds to dst, by reverse searches over the same filter.
     let bound = |s: &mut Scratch, w: &dyn Fn(usize) -> u64| -> Vec<u64> {
-        dijkstra(g, f, banned, dst, None, s, w, true);
+        dijkstra(g, f, banned, dst, None, s, w, Walk::Backward);
         s.dist.iter().map(|d| d.0).collect()
     };
     let lb_cost = bound(s, &|e| g.cost[e]);
@@ -521,7 +531,7 @@ fn explain(g: &Graph, c: &Constraints, src: u32, dst: u32, s: &mut Scratch) -> R
         latency_budget: f64::INFINITY,
         carbon_max: f64::INFINITY,
     };
-    dijkstra(g, &open, &none, src, Some(dst), s, &|e| g.cost[e], false);
+    dijkstra(g, &open, &none, src, Some(dst), s, &|e| g.cost[e], Walk::Forward);
     if s.dist[dst as usize].0 == u64::MAX {
         return Ok(Answer::NoPath { constraint: "topology".into(), reason: format!("'{}' and '{}' are not connected by links that are up", g.ids[src as usize], g.ids[dst as usize]) });
     }
@@ -541,7 +551,7 @@ fn explain(g: &Graph, c: &Constraints, src: u32, dst: u32, s: &mut Scratch) -> R
                     // The least latency (or carbon) possible under the earlier constraints.
                     let earlier = filter(g, c, src, upto - 1);
                     let scaled: &dyn Fn(usize) -> u64 = if *step == "latency_budget" { &|e| (g.latency_of(e) * 1e6).round() as u64 } else { &|e| (g.carbon_of(e) * 1e6).round() as u64 };
-                    dijkstra(g, &Filter { latency_budget: f64::INFINITY, carbon_max: f64::INFINITY, ..earlier }, &none, src, Some(dst), s, scaled, false);
+                    dijkstra(g, &Filter { latency_budget: f64::INFINITY, carbon_max: f64::INFINITY, ..earlier }, &none, src, Some(dst), s, scaled, Walk::Forward);
                     let least = s.dist[dst as usize].0 as f64 / 1e6;
                     let reason = if least > limit + EPS {
                         format!("{budget_name} {limit}: the least possible under the other constraints is {least:.3}")
@@ -552,7 +562,7 @@ fn explain(g: &Graph, c: &Constraints, src: u32, dst: u32, s: &mut Scratch) -> R
                 }
             }
             _ => {
-                dijkstra(g, &f, &none, src, Some(dst), s, &|e| g.cost[e], false);
+                dijkstra(g, &f, &none, src, Some(dst), s, &|e| g.cost[e], Walk::Forward);
                 if s.dist[dst as usize].0 == u64::MAX {
                     let what = match *step {
                         "blacklist" => format!("every path crosses a node below the blacklist threshold {}", g.settings.blacklist_threshold),
@@ -574,7 +584,7 @@ fn explain(g: &Graph, c: &Constraints, src: u32, dst: u32, s: &mut Scratch) -> R
 /// routing table (destination -> next hop, cost).
 pub fn tree(g: &Graph, src: u32, s: &mut Scratch) -> Vec<Option<(u32, u64)>> {
     let f = filter(g, &Constraints::default(), src, 1);
-    dijkstra(g, &f, &Banned::default(), src, None, s, &|e| g.cost[e], false);
+    dijkstra(g, &f, &Banned::default(), src, None, s, &|e| g.cost[e], Walk::Forward);
     (0..g.len())
         .map(|v| {
             if v as u32 == src || s.dist[v].0 == u64::MAX {
