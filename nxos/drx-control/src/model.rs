@@ -72,10 +72,10 @@ pub struct Topology {
     pub links: Vec<Link>,
 }
 
-struct RawFile {
-    control: Option<RawControl>,
-    node: Vec<RawNode>,
-    link: Vec<RawLink>,
+struct RawFile<'a> {
+    control: Option<(RawControl, Section<'a>)>,
+    node: Vec<(RawNode, Section<'a>)>,
+    link: Vec<(RawLink, Section<'a>)>,
 }
 
 #[derive(Deserialize)]
@@ -136,47 +136,29 @@ fn yes() -> bool {
     true
 }
 
-/// The line (1-based) of `key` in the `index`-th `[[table]]` of `text` (or in
-/// `[table]` when `index` is None); the table's own line when the key is absent.
-pub fn locate(text: &str, table: &str, index: Option<usize>, key: &str) -> usize {
-    let header = match index {
-        Some(_) => format!("[[{table}]]"),
-        None => format!("[{table}]"),
-    };
-    let mut seen = 0usize;
-    let mut inside = false;
-    let mut table_line = 1;
-    for (n, line) in text.lines().enumerate() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            if t == header {
-                inside = index.is_none_or(|i| seen == i);
-                if inside {
-                    table_line = n + 1;
-                }
-                seen += 1;
-            } else {
-                inside = false;
-            }
-            continue;
-        }
-        if inside {
-            if let Some((k, _)) = t.split_once('=') {
-                if k.trim() == key {
-                    return n + 1;
-                }
-            }
-        }
-    }
-    table_line
-}
-
 /// One table of a TOML file: its header (None before the first), the line
 /// its body starts on (1-based) and the body's text (a slice of the file).
 pub struct Section<'a> {
     pub header: Option<&'a str>,
     pub first_line: usize,
     pub body: &'a str,
+}
+
+impl Section<'_> {
+    /// The line (1-based) of the first body line `pred` accepts.
+    fn find(&self, pred: impl Fn(&str) -> bool) -> Option<usize> {
+        self.body.lines().position(|l| pred(l.trim())).map(|n| self.first_line + n)
+    }
+
+    /// The line of `key` in this table; the header's line when it is absent.
+    pub fn line_of(&self, key: &str) -> usize {
+        self.find(|l| l.split_once('=').is_some_and(|(k, _)| k.trim() == key)).unwrap_or(self.header_line())
+    }
+
+    /// The header's own line (line 1 for the text before any header).
+    pub fn header_line(&self) -> usize {
+        self.first_line.saturating_sub(1).max(1)
+    }
 }
 
 /// Splits a TOML file at its table headers (a header alone on its line), so
@@ -200,39 +182,40 @@ pub fn sections(text: &str) -> Vec<Section<'_>> {
 
 /// Parses one table's body as `T`; errors as `FILE:LINE: ...`.
 pub fn parse_section<T: serde::de::DeserializeOwned>(s: &Section<'_>, origin: &str) -> Result<T> {
-    basic_toml::from_str(s.body).map_err(|e| toml_error(s.body, origin, s.first_line, &e.to_string()))
+    basic_toml::from_str(s.body).map_err(|e| toml_error(s, origin, &e.to_string()))
 }
 
-/// A TOML error from a section whose body starts on `first_line`, as
-/// `FILE:LINE: ...`: unknown keys and values are found on their own line,
-/// other errors keep the parser's line, moved by the section's offset.
-pub fn toml_error(body: &str, origin: &str, first_line: usize, err: &str) -> anyhow::Error {
+/// A TOML error from one section, as `FILE:LINE: ...`: unknown keys and
+/// values are found on their own line, other errors keep the parser's line,
+/// moved by the section's offset.
+fn toml_error(s: &Section<'_>, origin: &str, err: &str) -> anyhow::Error {
     let quoted = |marker: &str| err.split(marker).nth(1).and_then(|rest| rest.split('`').next()).map(str::to_string);
-    let line_of = |pred: &dyn Fn(&str) -> bool| body.lines().position(|l| pred(l.trim()));
-    let found = if let Some(key) = quoted("unknown field `") {
-        line_of(&|l: &str| l.split_once('=').is_some_and(|(k, _)| k.trim() == key))
+    let line = if let Some(key) = quoted("unknown field `") {
+        s.line_of(&key)
     } else if let Some(value) = quoted("unknown variant `") {
-        line_of(&|l: &str| l.split_once('=').is_some_and(|(_, v)| v.split('#').next().unwrap_or("").trim() == format!("\"{value}\"")))
+        let want = format!("\"{value}\"");
+        s.find(|l| l.split_once('=').is_some_and(|(_, v)| v.split('#').next().unwrap_or("").trim() == want)).unwrap_or(s.header_line())
     } else {
-        err.split(" at line ").nth(1).and_then(|r| r.split_whitespace().next()?.parse::<usize>().ok()).map(|n| n.saturating_sub(1))
+        let n = err.split(" at line ").nth(1).and_then(|r| r.split_whitespace().next()?.parse::<usize>().ok());
+        s.first_line + n.unwrap_or(1).saturating_sub(1)
     };
     let detail = err.split(" for key ").next().unwrap_or(err).split(" at line ").next().unwrap_or(err).trim_end();
-    anyhow::anyhow!("{origin}:{}: {detail}", first_line + found.unwrap_or(0))
+    anyhow::anyhow!("{origin}:{line}: {detail}")
 }
 
-/// Reads a file of `[[KIND]]` tables (and an optional `[control]`-like
-/// table) section by section.
-fn read_sections(text: &str, origin: &str) -> Result<RawFile> {
+/// Reads the Meta-RIB section by section; each table keeps its section, for
+/// the lines of later errors.
+fn read_sections<'a>(text: &'a str, origin: &str) -> Result<RawFile<'a>> {
     let mut raw = RawFile { control: None, node: Vec::new(), link: Vec::new() };
     for s in sections(text) {
         match s.header {
             None => {
                 let _: Empty = parse_section(&s, origin)?;
             }
-            Some("[control]") if raw.control.is_none() => raw.control = Some(parse_section(&s, origin)?),
-            Some("[[node]]") => raw.node.push(parse_section(&s, origin)?),
-            Some("[[link]]") => raw.link.push(parse_section(&s, origin)?),
-            Some(h) => bail!("{origin}:{}: table {h} is not one of [control] (once), [[node]], [[link]]", s.first_line - 1),
+            Some("[control]") if raw.control.is_none() => raw.control = Some((parse_section(&s, origin)?, s)),
+            Some("[[node]]") => raw.node.push((parse_section(&s, origin)?, s)),
+            Some("[[link]]") => raw.link.push((parse_section(&s, origin)?, s)),
+            Some(h) => bail!("{origin}:{}: table {h} is not one of [control] (once), [[node]], [[link]]", s.header_line()),
         }
     }
     Ok(raw)
@@ -290,14 +273,14 @@ pub fn input_values(i: &TrustInputs) -> [f64; 7] {
 impl Topology {
     pub fn parse(text: &str, origin: &str) -> Result<Topology> {
         let raw = read_sections(text, origin)?;
-        let at = |table: &str, index: Option<usize>, key: &str| format!("{origin}:{}", locate(text, table, index, key));
+        let at = |s: &Section<'_>, key: &str| format!("{origin}:{}", s.line_of(key));
         let mut settings = ControlSettings::default();
-        if let Some(c) = raw.control {
+        if let Some((c, sec)) = &raw.control {
             let field = |key: &str, v: f64, lo: f64, hi: f64| -> Result<f64> {
-                check_range(v, lo, hi).map_err(|e| anyhow::anyhow!("{}: control.{key}: {e}", at("control", None, key)))?;
+                check_range(v, lo, hi).map_err(|e| anyhow::anyhow!("{}: control.{key}: {e}", at(sec, key)))?;
                 Ok(v)
             };
-            settings.local = c.local;
+            settings.local = c.local.clone();
             if let Some(v) = c.blacklist_threshold {
                 settings.blacklist_threshold = field("blacklist_threshold", v, 0.0, 1.0)?;
             }
@@ -309,7 +292,7 @@ impl Topology {
             }
             if let Some(v) = c.backups {
                 if !(0..=16).contains(&v) {
-                    bail!("{}: control.backups: {v} is outside 0..16", at("control", None, "backups"));
+                    bail!("{}: control.backups: {v} is outside 0..16", at(sec, "backups"));
                 }
                 settings.backups = v as usize;
             }
@@ -317,8 +300,8 @@ impl Topology {
         let mut nodes = Vec::new();
         let mut ids: BTreeMap<String, usize> = BTreeMap::new();
         let mut dp_ids: BTreeMap<u32, String> = BTreeMap::new();
-        for (i, n) in raw.node.into_iter().enumerate() {
-            let here = |key: &str| at("node", Some(i), key);
+        for (i, (n, sec)) in raw.node.into_iter().enumerate() {
+            let here = |key: &str| at(&sec, key);
             check_node_id(&n.id).map_err(|e| anyhow::anyhow!("{}: node.id: {e}", here("id")))?;
             if ids.insert(n.id.clone(), i).is_some() {
                 bail!("{}: node.id: '{}' is defined twice", here("id"), n.id);
@@ -358,8 +341,8 @@ impl Topology {
             nodes.push(Node { id: n.id, dp_id, prefixes, jurisdiction: n.jurisdiction, attestation: n.attestation, inputs, score_override: n.score });
         }
         let mut links = Vec::new();
-        for (i, l) in raw.link.into_iter().enumerate() {
-            let here = |key: &str| at("link", Some(i), key);
+        for (l, sec) in raw.link {
+            let here = |key: &str| at(&sec, key);
             for (key, end) in [("a", &l.a), ("b", &l.b)] {
                 if !ids.contains_key(end) {
                     bail!("{}: link.{key}: no node '{end}'", here(key));
@@ -378,9 +361,9 @@ impl Topology {
             }
             links.push(Link { a: l.a, b: l.b, latency_ms: l.latency_ms, bandwidth_mbps: l.bandwidth_mbps, loss: l.loss, carbon: l.carbon, up: l.up });
         }
-        if let Some(local) = &settings.local {
+        if let (Some(local), Some((_, sec))) = (&settings.local, &raw.control) {
             if !ids.contains_key(local) {
-                bail!("{}: control.local: no node '{local}'", at("control", None, "local"));
+                bail!("{}: control.local: no node '{local}'", at(sec, "local"));
             }
         }
         Ok(Topology { settings, nodes, links })
@@ -389,10 +372,6 @@ impl Topology {
     pub fn load(path: &Path) -> Result<Topology> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Topology::parse(&text, &path.display().to_string())
-    }
-
-    pub fn node_index(&self, id: &str) -> Option<usize> {
-        self.nodes.iter().position(|n| n.id == id)
     }
 }
 

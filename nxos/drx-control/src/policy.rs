@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    model::{check_range, locate, parse_section, sections, Attestation, Empty},
+    model::{check_range, parse_section, sections, Attestation, Empty, Section},
     path::Constraints,
 };
 
@@ -38,8 +38,8 @@ pub struct Intent {
     pub origin: String,
 }
 
-struct RawFile {
-    intent: Vec<RawIntent>,
+struct RawFile<'a> {
+    intent: Vec<(RawIntent, Section<'a>)>,
 }
 
 #[derive(Deserialize)]
@@ -68,13 +68,13 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<Intent>> {
             None => {
                 let _: Empty = parse_section(&s, origin)?;
             }
-            Some("[[intent]]") => raw.intent.push(parse_section(&s, origin)?),
-            Some(h) => bail!("{origin}:{}: table {h} is not [[intent]]", s.first_line - 1),
+            Some("[[intent]]") => raw.intent.push((parse_section(&s, origin)?, s)),
+            Some(h) => bail!("{origin}:{}: table {h} is not [[intent]]", s.header_line()),
         }
     }
     let mut out: Vec<Intent> = Vec::new();
-    for (i, r) in raw.intent.into_iter().enumerate() {
-        let at = |key: &str| format!("{origin}:{}", locate(text, "intent", Some(i), key));
+    for (r, sec) in raw.intent {
+        let at = |key: &str| format!("{origin}:{}", sec.line_of(key));
         let valid_name = (1..=64).contains(&r.name.len()) && r.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
         if !valid_name {
             bail!("{}: intent.name: '{}' is not a name (1-64 of A-Z a-z 0-9 _ -)", at("name"), r.name);
