@@ -255,14 +255,12 @@ fn load(dir: &Path, program: &str, interface: Option<String>, mode: Mode, config
         }
         return Ok(());
     }
-    if config.is_some() {
-        // The tables exist whenever the service runs, attached or not, so the
-        // control plane and `nxos trust` can fill them.
-        attach::load(dir, program, settings)?;
-    }
+    // Loaded (and the tables pinned) even with no interface to attach, so the
+    // control plane and `nxos trust` can fill them while the service runs.
+    let mut ebpf = attach::load(dir, program, settings)?;
     let mut done = Vec::new();
     for p in &plans {
-        attach::apply_attach(dir, p, settings)?;
+        attach::apply_attach(dir, p, &mut ebpf)?;
         record("ebpf", "load", &json!({ "interface": p.interface, "program": p.program, "mode": p.mode, "replaced": p.replace }));
         if !json {
             println!("{}", if p.replace { format!("swapped {} on {}", p.program, p.interface) } else { format!("attached {} to {} ({:?} mode)", p.program, p.interface, p.mode) });

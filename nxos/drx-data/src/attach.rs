@@ -184,10 +184,10 @@ pub fn plan_attach(pin_dir: &Path, program: &str, interface: &str, mode: Mode) -
     })
 }
 
-/// Carries out `plan`, initialising fresh tables with `defaults`.
-pub fn apply_attach(pin_dir: &Path, plan: &AttachPlan, defaults: Settings) -> Result<()> {
+/// Carries out `plan` with the object [`load`] gave (one load serves every
+/// interface of a command).
+pub fn apply_attach(pin_dir: &Path, plan: &AttachPlan, ebpf: &mut Ebpf) -> Result<()> {
     let path = link_path(pin_dir, &plan.interface);
-    let mut ebpf = load(pin_dir, &plan.program, defaults)?;
     let prog: &mut Xdp = ebpf.program_mut(&plan.program).context("program vanished")?.try_into()?;
     let link = if plan.replace {
         let pinned = PinnedLink::from_pin(&path).with_context(|| format!("opening our link {}", path.display()))?;
@@ -211,7 +211,8 @@ pub fn apply_attach(pin_dir: &Path, plan: &AttachPlan, defaults: Settings) -> Re
 /// Plans and applies in one go.
 pub fn attach(pin_dir: &Path, program: &str, interface: &str, mode: Mode, defaults: Settings) -> Result<AttachPlan> {
     let plan = plan_attach(pin_dir, program, interface, mode)?;
-    apply_attach(pin_dir, &plan, defaults)?;
+    let mut ebpf = load(pin_dir, program, defaults)?;
+    apply_attach(pin_dir, &plan, &mut ebpf)?;
     Ok(plan)
 }
 
