@@ -148,10 +148,8 @@ enum TrustCommand {
         bus: Option<String>,
         #[arg(long = "score", required = true, allow_negative_numbers = true)]
         scores: Vec<String>,
-        #[arg(long)]
-        dry_run: bool,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: Change,
     },
     /// Map prefixes to nodes; repeat --prefix/--node-id for one atomic batch.
     Map {
@@ -159,28 +157,22 @@ enum TrustCommand {
         prefixes: Vec<String>,
         #[arg(long = "node-id", required = true)]
         node_ids: Vec<u32>,
-        #[arg(long)]
-        dry_run: bool,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: Change,
     },
     /// Remove prefixes.
     Unmap {
         #[arg(long = "prefix", required = true)]
         prefixes: Vec<String>,
-        #[arg(long)]
-        dry_run: bool,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: Change,
     },
     /// Remove nodes' scores (their prefixes then count as unknown).
     Remove {
         #[arg(long = "node-id", required = true)]
         node_ids: Vec<u32>,
-        #[arg(long)]
-        dry_run: bool,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: Change,
     },
     /// Change the threshold and verdicts.
     Settings {
@@ -196,16 +188,24 @@ enum TrustCommand {
         /// The exact-match cache in front of the tries: on or off.
         #[arg(long)]
         cache: Option<OnOff>,
-        #[arg(long)]
-        dry_run: bool,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: Change,
     },
     /// Nodes, prefixes and per-prefix counters.
     Show {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// What every trust change takes: show the plan only, and machine output.
+#[derive(Args, Clone, Copy)]
+struct Change {
+    /// Print the map writes and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -269,7 +269,7 @@ fn load(dir: &Path, program: &str, interface: Option<String>, mode: Mode, config
     }
     if config.is_some() {
         // The file's settings win over whatever the maps held before.
-        apply_ops(dir, vec![Op::Settings(settings)], false, json)?;
+        apply_ops(dir, vec![Op::Settings(settings)], Change { dry_run: false, json })?;
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&done)?);
@@ -388,15 +388,15 @@ fn parse_prefixes(texts: &[String]) -> Result<Vec<Prefix>> {
 
 fn trust(dir: &Path, command: TrustCommand) -> Result<()> {
     // Input is checked in full before the maps are opened.
-    let (ops, dry_run, json) = match command {
-        TrustCommand::Update { node_ids, scores, bus, dry_run, json } => {
+    let (ops, out) = match command {
+        TrustCommand::Update { node_ids, scores, bus, out } => {
             let updates = pairs(node_ids, scores, "--node-id and --score")?
                 .into_iter()
                 .map(|(node, s)| Ok((parse_score(&s).with_context(|| format!("node {node}"))?, node)))
                 .collect::<Result<Vec<_>>>()?;
             if let Some((_conn, proxy)) = bpi_drx_control::service::connect(bus.as_deref()) {
                 let updates: Vec<(f64, String)> = updates.into_iter().map(|(s, n)| (score_to_f64(s), n)).collect();
-                return control::trust_via_daemon(&proxy, &updates, dry_run, json);
+                return control::trust_via_daemon(&proxy, &updates, out.dry_run, out.json);
             }
             let ops = updates
                 .into_iter()
@@ -409,18 +409,16 @@ fn trust(dir: &Path, command: TrustCommand) -> Result<()> {
                     Ok(Op::SetScore { node, score })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            (ops, dry_run, json)
+            (ops, out)
         }
-        TrustCommand::Map { prefixes, node_ids, dry_run, json } => {
+        TrustCommand::Map { prefixes, node_ids, out } => {
             let prefixes = parse_prefixes(&prefixes)?;
             let ops = pairs(prefixes, node_ids, "--prefix and --node-id")?.into_iter().map(|(prefix, node)| Op::MapPrefix { prefix, node }).collect();
-            (ops, dry_run, json)
+            (ops, out)
         }
-        TrustCommand::Unmap { prefixes, dry_run, json } => {
-            (parse_prefixes(&prefixes)?.into_iter().map(|prefix| Op::UnmapPrefix { prefix }).collect(), dry_run, json)
-        }
-        TrustCommand::Remove { node_ids, dry_run, json } => (node_ids.into_iter().map(|node| Op::RemoveNode { node }).collect(), dry_run, json),
-        TrustCommand::Settings { threshold, unknown_verdict, default_verdict, cache, dry_run, json } => {
+        TrustCommand::Unmap { prefixes, out } => (parse_prefixes(&prefixes)?.into_iter().map(|prefix| Op::UnmapPrefix { prefix }).collect(), out),
+        TrustCommand::Remove { node_ids, out } => (node_ids.into_iter().map(|node| Op::RemoveNode { node }).collect(), out),
+        TrustCommand::Settings { threshold, unknown_verdict, default_verdict, cache, out } => {
             let threshold = threshold.map(|t| parse_score(&t).context("--threshold")).transpose()?;
             let mut s = Tables::open(dir)?.settings()?;
             if let Some(t) = threshold {
@@ -431,14 +429,14 @@ fn trust(dir: &Path, command: TrustCommand) -> Result<()> {
             if let Some(c) = cache {
                 s.cache = matches!(c, OnOff::On);
             }
-            (vec![Op::Settings(s)], dry_run, json)
+            (vec![Op::Settings(s)], out)
         }
         TrustCommand::Show { json } => return show(dir, json),
     };
-    apply_ops(dir, ops, dry_run, json)
+    apply_ops(dir, ops, out)
 }
 
-fn apply_ops(dir: &Path, ops: Vec<Op>, dry_run: bool, json: bool) -> Result<()> {
+fn apply_ops(dir: &Path, ops: Vec<Op>, Change { dry_run, json }: Change) -> Result<()> {
     let mut tables = Tables::open(dir)?;
     let routes = if Plan::touches_routes(&ops) { tables.routes()? } else { BTreeMap::new() };
     let plan = plan(&ops, &routes)?;
