@@ -36,7 +36,7 @@ enum Command {
         #[command(subcommand)]
         command: ledger::LedgerCommand,
     },
-    /// The NXOS DRX network runtime: data plane (ebpf) and trust.
+    /// The NXOS DRX network runtime: the XDP data plane, trust, and the control plane (topology, routes, intents).
     Nxos(nxos::NxosArgs),
 }
 
