@@ -23,8 +23,7 @@ fn log_bytes(store: &str) -> Vec<u8> {
 }
 
 fn python_verify(store: &str) -> Option<Output> {
-    if bpi_support::cmd::which("python3").is_none() {
-        eprintln!("SKIP: python3 is not installed; the independent verifier was not run");
+    if !bpi_support::skip::needs_program("python3", "python3") {
         return None;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/verify-ledger.py");

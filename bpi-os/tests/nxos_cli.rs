@@ -48,8 +48,7 @@ fn bad_input_is_refused_before_anything_changes() {
 
 #[test]
 fn load_status_trust_and_unload_on_a_veth_pair() {
-    if !bpi_support::host::is_root() {
-        eprintln!("skipped: XDP and network namespaces need root");
+    if !bpi_support::skip::needs_root("XDP and network namespaces") {
         return;
     }
     let near = Netns::new("cli-near").unwrap();

@@ -327,10 +327,9 @@ mod tests {
 
     #[test]
     fn sfdisk_reads_what_we_write() {
-        let Some(_) = bpi_support::cmd::which("sfdisk") else {
-            eprintln!("skipped: sfdisk (fdisk package) is not installed");
+        if !bpi_support::skip::needs_program("sfdisk", "fdisk") {
             return;
-        };
+        }
         let (parts, size) = sample();
         let t = tables(&derived_guid(b"disk"), &parts, size).unwrap();
         let tmp = tempfile::NamedTempFile::new().unwrap();

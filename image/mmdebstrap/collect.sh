@@ -3,6 +3,7 @@
 # .deb it came from (the build checks both against image/packages.lock), then
 # drop the .debs and the pins from the root file system.
 set -eu
+umask 022
 root="$1"
 out="$2"
 chroot "$root" dpkg-query -W -f '${Package} ${Version} ${Architecture}\n' | sort > "$out/installed.txt"

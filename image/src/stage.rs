@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use bpi_installer::layout::{self, Home};
 use bpi_installer::units;
+use bpi_support::fsmode::create_dirs;
 use bpi_support::Cmd;
 
 /// What goes on top of the base.
@@ -55,7 +56,7 @@ pub fn compose(inp: &StageInputs, root: &Path, boot_out: &Path) -> Result<BootFi
     if root.exists() {
         bail!("{} exists; the build removes it first", root.display());
     }
-    std::fs::create_dir_all(root)?;
+    create_dirs(root, 0o755)?;
     Cmd::new("tar")
         .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf"])
         .arg(inp.base_tar)
@@ -92,7 +93,7 @@ pub fn compose(inp: &StageInputs, root: &Path, boot_out: &Path) -> Result<BootFi
 
     // /var lives on the data partition; the image keeps a copy to seed it.
     let factory = root.join("usr/share/factory");
-    std::fs::create_dir_all(&factory)?;
+    create_dirs(&factory, 0o755)?;
     std::fs::rename(root.join("var"), factory.join("var"))?;
     std::fs::create_dir(root.join("var"))?;
     std::fs::set_permissions(root.join("var"), std::fs::Permissions::from_mode(0o755))?;
@@ -156,7 +157,7 @@ fn remove_contents(dir: &Path) -> Result<()> {
 
 fn write(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     if let Some(p) = dest.parent() {
-        std::fs::create_dir_all(p)?;
+        create_dirs(p, 0o755)?;
     }
     let _ = std::fs::remove_file(dest);
     std::fs::write(dest, bytes).with_context(|| format!("writing {}", dest.display()))?;
@@ -169,7 +170,9 @@ fn install_file(src: &Path, dest: &Path, mode: u32) -> Result<()> {
     write(dest, &bytes, mode)
 }
 
-/// Copies a tree file by file, keeping each file's mode bits.
+/// Copies a tree file by file. Modes are git's, not the checkout's (which
+/// follow the umask of whoever cloned): 0755 for directories and executable
+/// files, 0644 for the rest.
 fn copy_tree(src: &Path, dest: &Path) -> Result<()> {
     for e in sorted_entries(src)? {
         let name = e.file_name().expect("entry has a name");
@@ -179,13 +182,14 @@ fn copy_tree(src: &Path, dest: &Path) -> Result<()> {
         }
         let meta = std::fs::symlink_metadata(&e)?;
         if meta.is_dir() {
-            std::fs::create_dir_all(&target)?;
+            create_dirs(&target, 0o755)?;
             copy_tree(&e, &target)?;
         } else if meta.file_type().is_symlink() {
             let _ = std::fs::remove_file(&target);
             std::os::unix::fs::symlink(std::fs::read_link(&e)?, &target)?;
         } else {
-            install_file(&e, &target, meta.permissions().mode() & 0o7777)?;
+            let mode = if meta.permissions().mode() & 0o100 != 0 { 0o755 } else { 0o644 };
+            install_file(&e, &target, mode)?;
         }
     }
     Ok(())
@@ -226,15 +230,20 @@ mod tests {
     }
 
     #[test]
-    fn copy_tree_keeps_modes_and_links() {
+    fn copy_tree_sets_gits_modes_and_keeps_links() {
         let src = tempfile::tempdir().unwrap();
         let dst = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(src.path().join("etc/x")).unwrap();
-        write(&src.path().join("etc/x/run.sh"), b"#!/bin/sh\n", 0o750).unwrap();
+        write(&src.path().join("etc/x/run.sh"), b"#!/bin/sh\n", 0o700).unwrap();
+        write(&src.path().join("etc/x/conf"), b"x\n", 0o600).unwrap();
+        std::fs::set_permissions(src.path().join("etc/x"), std::fs::Permissions::from_mode(0o700)).unwrap();
         std::os::unix::fs::symlink("run.sh", src.path().join("etc/x/link")).unwrap();
         copy_tree(src.path(), dst.path()).unwrap();
-        let m = std::fs::metadata(dst.path().join("etc/x/run.sh")).unwrap();
-        assert_eq!(m.permissions().mode() & 0o7777, 0o750);
+        // A checkout made under umask 077 gives the image the same modes.
+        let mode = |p: &str| std::fs::metadata(dst.path().join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("etc/x/run.sh"), 0o755);
+        assert_eq!(mode("etc/x/conf"), 0o644);
+        assert_eq!(mode("etc/x"), 0o755);
         assert_eq!(std::fs::read_link(dst.path().join("etc/x/link")).unwrap(), Path::new("run.sh"));
         clamp_mtimes(dst.path(), 1000).unwrap();
         let m = std::fs::symlink_metadata(dst.path().join("etc/x/link")).unwrap();

@@ -114,8 +114,7 @@ mod tests {
 
     #[test]
     fn verity_round_trip_and_tamper() {
-        if bpi_support::cmd::which("veritysetup").is_none() {
-            eprintln!("skipped: veritysetup (cryptsetup-bin) is not installed");
+        if !bpi_support::skip::needs_program("veritysetup", "cryptsetup-bin") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -333,12 +333,15 @@ mod tests {
     #[test]
     fn the_running_root_disk_is_found() {
         // Whatever this machine boots from, inspecting that disk must refuse it.
-        let Some((root_dev, _)) = mounts().into_iter().rfind(|(_, mp)| mp == "/") else { return };
-        let Some(disk) = whole_disks(&root_dev, 0).into_iter().next() else { return };
+        let Some((root_dev, _)) = mounts().into_iter().rfind(|(_, mp)| mp == "/") else {
+            return bpi_support::skip::skip("no mount of / in /proc/self/mountinfo");
+        };
+        let Some(disk) = whole_disks(&root_dev, 0).into_iter().next() else {
+            return bpi_support::skip::skip(&format!("/ is on {root_dev}, not on a disk"));
+        };
         let node = PathBuf::from(format!("/dev/{disk}"));
         if !node.exists() {
-            eprintln!("SKIP: the root disk {disk} has no node in /dev here");
-            return;
+            return bpi_support::skip::skip(&format!("the root disk {disk} has no node in /dev here"));
         }
         let t = inspect(&node, Allow::default()).unwrap();
         assert!(t.in_use.iter().any(|w| w.contains("running root")), "{:?}", t.in_use);

@@ -81,7 +81,7 @@ pub fn apply(steps: &[Install]) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     for s in steps {
         let parent = s.dest.parent().context("a unit destination has a parent")?;
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        bpi_support::fsmode::create_dirs(parent, 0o755)?;
         let tmp = s.dest.with_extension("bpi-tmp");
         std::fs::write(&tmp, s.contents).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;

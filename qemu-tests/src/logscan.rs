@@ -13,6 +13,21 @@ const TROUBLE: &[(&str, &str)] = &[
     ("Failed to start", "failed unit"),
 ];
 
+/// Console lines after which a boot cannot succeed: the harness stops there
+/// instead of waiting for its timeout.
+const FATAL: &[(&str, &str)] = &[
+    ("Kernel panic", "kernel panic"),
+    ("Entering emergency mode", "emergency shell"),
+    ("You are in emergency mode", "emergency shell"),
+    ("Cannot open access to console, the root account is locked", "emergency shell"),
+    ("Give root password for maintenance", "emergency shell"),
+];
+
+/// The first line of a serial log that ends any hope of a boot, with what it means.
+pub fn fatal(log: &str) -> Option<String> {
+    log.lines().find_map(|l| FATAL.iter().find(|(p, _)| l.contains(p)).map(|(_, why)| format!("{why}: {}", l.trim())))
+}
+
 /// Every troubling line, with what it means.
 pub fn trouble(log: &str) -> Vec<String> {
     log.lines()
@@ -39,5 +54,13 @@ mod tests {
         assert!(trouble("all good\n").is_empty());
         assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
         assert_eq!(tail("a\n", 5), "a");
+    }
+
+    #[test]
+    fn fatal_lines_end_a_boot_and_others_do_not() {
+        assert_eq!(fatal("[  1.0] Kernel panic - not syncing: VFS\n").as_deref(), Some("kernel panic: [  1.0] Kernel panic - not syncing: VFS"));
+        assert!(fatal("x\nYou are in emergency mode. After logging in, type\n").unwrap().starts_with("emergency shell"));
+        // The kernel echoes its command line, rd.emergency=poweroff included.
+        assert_eq!(fatal("Kernel command line: rd.shell=0 rd.emergency=poweroff\n[ OK ] Reached target\n"), None);
     }
 }

@@ -104,7 +104,9 @@ impl Machine {
         let sock = self.path("qga.sock");
         let _ = std::fs::remove_file(&sock);
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-machine", "q35", "-accel", &accel, "-m", "2048", "-smp", "2", "-nodefaults", "-display", "none"])
+        // -no-reboot: a guest that reboots (a panic with panic=N, a failed
+        // boot's reboot) ends QEMU, and the harness sees it at once.
+        cmd.args(["-machine", "q35", "-accel", &accel, "-m", "2048", "-smp", "2", "-nodefaults", "-display", "none", "-no-reboot"])
             .args(["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}")])
             .args(["-drive", &format!("if=pflash,format=raw,unit=1,file={}", self.path("vars.fd").display())])
             .args(["-drive", &format!("if=none,id=disk0,format=qcow2,file={}", self.path("disk.qcow2").display())])
@@ -184,7 +186,11 @@ impl Vm<'_> {
     }
 
     pub fn exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
+        self.exit_status().is_some()
+    }
+
+    fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Waits until the guest agent answers and systemd has finished booting;
@@ -195,8 +201,14 @@ impl Vm<'_> {
             if self.started.elapsed() > BOOT_TIMEOUT {
                 return self.fail(&format!("no answer from the guest agent within {BOOT_TIMEOUT:?}"));
             }
-            if self.exited() {
-                return self.fail("QEMU exited before the guest finished booting");
+            if let Some(status) = self.exit_status() {
+                return self.fail(&format!(
+                    "QEMU exited ({status}) after {:?}, before the guest finished booting: the guest powered off or rebooted (-no-reboot)",
+                    self.started.elapsed()
+                ));
+            }
+            if let Some(why) = logscan::fatal(&self.serial()) {
+                return self.fail(&format!("the boot cannot succeed after {:?}: {why}", self.started.elapsed()));
             }
             if sock.exists() {
                 if let Ok(mut a) = Agent::connect(&sock, Duration::from_secs(5)) {
@@ -284,6 +296,10 @@ impl Vm<'_> {
         while t.elapsed() < timeout {
             if self.exited() {
                 return Ok(());
+            }
+            // A panicked kernel never powers off.
+            if let Some(why) = logscan::fatal(&self.serial()).filter(|w| w.starts_with("kernel panic")) {
+                return self.fail(&format!("waiting for QEMU to exit: {why}"));
             }
             std::thread::sleep(Duration::from_millis(500));
         }

@@ -1,12 +1,15 @@
 //! Shared plumbing for every bpi-os crate: running external programs ([`cmd`]),
-//! reporting progress ([`progress`]) and hashing files ([`digest`]).
+//! reporting progress ([`progress`]), hashing files ([`digest`]) and tests that
+//! need what a machine may lack ([`skip`]).
 //! Keeping these in one place gives one log format and one error style.
 
 pub mod cmd;
 pub mod digest;
+pub mod fsmode;
 pub mod host;
 pub mod notify;
 pub mod progress;
+pub mod skip;
 
 pub use cmd::{Cmd, CmdError};
 pub use progress::Steps;

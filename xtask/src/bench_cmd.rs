@@ -10,13 +10,15 @@ const BENCHES: &[(&str, &str)] = &[("bpi-ledger", "ledger"), ("bpi-drx-data", "d
 pub fn bench() -> Result<()> {
     let steps = Steps::new("bench");
     // The control-plane bench runs the real daemon to measure its memory.
-    steps.step("bpi-os release binary", || {
-        Cmd::new(crate::cargo()).args(["build", "--release", "--locked", "-p", "bpi-os"]).current_dir(crate::workspace_root()).echo().run()
-    })?;
-    let bin = crate::workspace_root().join("target/release/bpi-os");
+    let bin = steps.step("bpi-os release binary", crate::image_cmd::build_binary)?;
     for (package, target) in BENCHES {
         steps.step(&format!("{package}/{target}"), || {
-            Cmd::new(crate::cargo()).args(["bench", "--locked", "-p", package, "--bench", target]).env("BPI_OS_BIN", &bin).echo().run()
+            Cmd::new(crate::cargo())
+                .args(["bench", "--locked", "-p", package, "--bench", target])
+                .env("CARGO_ENCODED_RUSTFLAGS", crate::buildenv::release_rustflags())
+                .env("BPI_OS_BIN", &bin)
+                .echo()
+                .run()
         })?;
     }
     Ok(())

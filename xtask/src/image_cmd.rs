@@ -6,14 +6,16 @@ use anyhow::{bail, Context, Result};
 use bpi_image::{build, compare, rootfs, sources::Sources};
 use bpi_support::{progress, Cmd, Steps};
 
-use crate::{cargo, hosttools, workspace_root};
+use crate::{buildenv, cargo, hosttools, workspace_root};
 
 #[derive(clap::Args)]
 pub struct BuildArgs {
     /// Debian mirror URL (default: the host's apt source for bookworm).
     #[arg(long)]
     pub mirror: Option<String>,
-    /// Build twice (second in another directory, with a cold cache) and compare.
+    /// Build a second time from a copy of the working tree at another path
+    /// (modes of a umask-077 checkout, its own target directory, an empty
+    /// base cache, umask 077, TZ=Asia/Tokyo, C.UTF-8) and compare the bytes.
     #[arg(long)]
     pub check_reproducible: bool,
 }
@@ -21,13 +23,15 @@ pub struct BuildArgs {
 pub fn build_image(args: &BuildArgs) -> Result<()> {
     hosttools::ensure(&[hosttools::BUILD])?;
     let root = workspace_root();
+    let target = buildenv::target_dir()?;
     let steps = Steps::new("build-image");
     let binary = steps.step("bpi-os release binary", build_binary)?;
-    let out = root.join("target/image");
+    let out = target.join("image");
+    let work = target.join("image-work");
     let opts = build::BuildOptions {
         source_dir: root.clone(),
         out_dir: out.clone(),
-        work_dir: root.join("target/image-work"),
+        work_dir: work.clone(),
         cache_dir: rootfs::default_cache_dir(),
         binary: binary.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -36,40 +40,92 @@ pub fn build_image(args: &BuildArgs) -> Result<()> {
     let first = build::build(&opts, &steps)?;
     report(&out, &first)?;
     if args.check_reproducible {
-        let second_out = root.join("target/image-repro");
-        let cold_cache = root.join("target/image-repro-cache");
-        let _ = std::fs::remove_dir_all(&cold_cache);
-        let opts2 = build::BuildOptions {
-            out_dir: second_out.clone(),
-            work_dir: root.join("target/image-repro-work"),
-            cache_dir: cold_cache.clone(),
-            ..opts
-        };
-        progress::note("second build for --check-reproducible (other directory, cold cache)");
-        let second = build::build(&opts2, &steps)?;
-        let _ = std::fs::remove_dir_all(&cold_cache);
-        match compare::first_differing_partition(&first, &second) {
+        let second = steps.step("second build: another checkout, umask 077, TZ=Asia/Tokyo, C.UTF-8, cold cache", || {
+            second_build(&target.join("reproduce"), args.mirror.as_deref())
+        })?;
+        match compare::first_differing_partition(&first, &second.manifest) {
             None => progress::note(&format!("reproducible: both builds give sha256 {} for bpi-os.raw", first.disk.sha256)),
             Some(part) => {
                 let file = if part == "bpi-root" {
-                    compare::first_differing_file(
-                        &build::staged_root(&root.join("target/image-work")),
-                        &build::staged_root(&root.join("target/image-repro-work")),
-                    )?
-                    .map(|p| format!(", first differing file: /{}", p.display()))
-                    .unwrap_or_default()
+                    compare::first_differing_file(&build::staged_root(&work), &build::staged_root(&second.work_dir))?
+                        .map(|p| format!(", first differing file: /{}", p.display()))
+                        .unwrap_or_default()
                 } else {
                     String::new()
                 };
                 bail!(
-                    "not reproducible: bpi-os.raw {} vs {}; first differing part: {part}{file}",
+                    "not reproducible: bpi-os.raw {} vs {} (built in {}); first differing part: {part}{file}",
                     first.disk.sha256,
-                    second.disk.sha256
+                    second.manifest.disk.sha256,
+                    second.source.display()
                 );
             }
         }
     }
     steps.finish();
+    Ok(())
+}
+
+/// The image of a second, independent build.
+struct SecondBuild {
+    manifest: bpi_image::manifest::Manifest,
+    work_dir: PathBuf,
+    source: PathBuf,
+}
+
+/// Builds the image again as a stranger would: from a copy of the source at
+/// another path whose files have the modes a checkout under umask 077 gets,
+/// with its own cargo target directory and an empty base cache, by
+/// `cargo xtask build-image` run under umask 077, TZ=Asia/Tokyo and C.UTF-8.
+fn second_build(dir: &Path, mirror: Option<&str>) -> Result<SecondBuild> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    let source = dir.join("elsewhere/bpi-os-src");
+    copy_checkout(&workspace_root(), &source)?;
+    let target = dir.join("target");
+    let mut build = vec!["xtask".to_string(), "build-image".to_string()];
+    if let Some(m) = mirror {
+        build.extend(["--mirror".to_string(), m.to_string()]);
+    }
+    Cmd::new("sh")
+        .args(["-c", "umask 077 && exec \"$0\" \"$@\""])
+        .arg(cargo())
+        .args(&build)
+        .current_dir(&source)
+        .env("CARGO_TARGET_DIR", &target)
+        .env("BPI_CACHE_DIR", dir.join("cold-cache"))
+        .env("TZ", "Asia/Tokyo")
+        .env("LC_ALL", "C.UTF-8")
+        .env("LANG", "C.UTF-8")
+        .echo()
+        .run()?;
+    let manifest = bpi_image::manifest::Manifest::load(&target.join("image").join(build::MANIFEST))?;
+    Ok(SecondBuild { manifest, work_dir: target.join("image-work"), source })
+}
+
+/// Copies the files git knows of (tracked, and untracked but not ignored:
+/// the working tree as it is) with modes 0600/0700, as a clone under umask
+/// 077 has them.
+fn copy_checkout(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let list = Cmd::new("git").args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"]).current_dir(from).output()?;
+    let mut copied = 0;
+    for rel in list.split('\0').filter(|r| !r.is_empty()) {
+        let src = from.join(rel);
+        let Ok(meta) = std::fs::symlink_metadata(&src) else { continue }; // deleted in the working tree
+        let dest = to.join(rel);
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dest.parent().expect("a file has a parent"))?;
+        if meta.file_type().is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dest)?;
+            continue;
+        }
+        let mode = if meta.permissions().mode() & 0o100 != 0 { 0o700 } else { 0o600 };
+        let mut out = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&dest)?;
+        std::io::copy(&mut std::fs::File::open(&src)?, &mut out).with_context(|| format!("copying {}", src.display()))?;
+        copied += 1;
+    }
+    progress::log(&format!("copied {copied} files of the working tree to {}", to.display()));
     Ok(())
 }
 
@@ -90,12 +146,15 @@ fn report(out: &Path, m: &bpi_image::manifest::Manifest) -> Result<()> {
     Ok(())
 }
 
+/// The release binary that goes into the image (and that the benchmarks
+/// run), built with the path-mapping flags; returns where cargo put it.
 pub fn build_binary() -> Result<PathBuf> {
     Cmd::new(cargo())
         .args(["build", "--release", "--locked", "-p", "bpi-os"])
+        .env("CARGO_ENCODED_RUSTFLAGS", buildenv::release_rustflags())
         .current_dir(workspace_root())
         .run()?;
-    let bin = workspace_root().join("target/release/bpi-os");
+    let bin = buildenv::target_dir()?.join("release/bpi-os");
     if !bin.is_file() {
         bail!("cargo built no {}", bin.display());
     }
@@ -113,7 +172,7 @@ pub fn lock(mirror: Option<&str>) -> Result<()> {
         Ok(l) => l.epoch,
         Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() / 86400 * 86400,
     };
-    let scratch = root.join("target/lock-work");
+    let scratch = buildenv::target_dir()?.join("lock-work");
     let _ = std::fs::remove_dir_all(&scratch);
     let steps = Steps::new("lock");
     let lock = steps.step("resolve packages with mmdebstrap", || rootfs::make_lock(&inputs, epoch, &scratch))?;

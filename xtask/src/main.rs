@@ -1,7 +1,9 @@
 //! Developer and CI entry points. `cargo xtask build-image` and
 //! `cargo xtask test` are the two commands the README opens with.
 
+mod apt;
 mod bench_cmd;
+mod buildenv;
 mod hosttools;
 mod image_cmd;
 mod test_cmd;
@@ -19,7 +21,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build target/image/{bpi-os.raw,bpi-os.qcow2,SHA256SUMS,manifest.json}.
+    /// Build {bpi-os.raw,bpi-os.qcow2,SHA256SUMS,manifest.json} in <target dir>/image.
     BuildImage(image_cmd::BuildArgs),
     /// Resolve image/packages.txt against the mirror and rewrite image/packages.lock.
     Lock {
@@ -36,13 +38,14 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let result = match cli.command {
+    buildenv::normalize();
+    let result = buildenv::check_toolchain().and_then(|()| match cli.command {
         Command::BuildImage(args) => image_cmd::build_image(&args),
         Command::Lock { mirror } => image_cmd::lock(mirror.as_deref()),
         Command::Test(args) => test_cmd::test(&args),
         Command::QemuTest(args) => test_cmd::qemu_test(&args),
         Command::Bench => bench_cmd::bench(),
-    };
+    });
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
         std::process::exit(1);

@@ -1,10 +1,13 @@
-//! `cargo xtask test`: unit and host-integration tests, then the image (built
-//! or reused from the cache), then the QEMU end-to-end suite.
+//! `cargo xtask test`: unit and host-integration tests, the image built twice
+//! (the second time as a stranger would, to prove it reproducible), then the
+//! QEMU end-to-end suite; at the end, every test that could not run, by name.
+
+use std::path::Path;
 
 use anyhow::Result;
-use bpi_support::{progress, Cmd, Steps};
+use bpi_support::{progress, skip, Cmd, Steps};
 
-use crate::{cargo, hosttools, image_cmd, workspace_root};
+use crate::{buildenv, cargo, hosttools, image_cmd, workspace_root};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -21,31 +24,64 @@ pub struct QemuArgs {
 
 pub fn test(args: &TestArgs) -> Result<()> {
     hosttools::ensure(&[hosttools::BUILD, hosttools::TEST])?;
+    let skips = fresh_skip_log()?;
     let steps = Steps::new("test");
-    steps.step("unit and host-integration tests", || {
-        Cmd::new(cargo())
-            .args(["test", "--locked", "--workspace", "--exclude", "bpi-qemu-tests"])
-            .current_dir(workspace_root())
-            .echo()
-            .run()
-    })?;
-    image_cmd::build_image(&image_cmd::BuildArgs { mirror: None, check_reproducible: false })?;
-    steps.step("QEMU end-to-end suite", || run_qemu_suite(&args.qemu))?;
+    let result = (|| {
+        steps.step("unit and host-integration tests", || {
+            Cmd::new(cargo())
+                .args(["test", "--locked", "--workspace", "--exclude", "bpi-qemu-tests"])
+                .env(skip::LOG_ENV, &skips)
+                .current_dir(workspace_root())
+                .echo()
+                .run()
+        })?;
+        steps.step("image, built twice and compared (reproducibility)", || {
+            image_cmd::build_image(&image_cmd::BuildArgs { mirror: None, check_reproducible: true })
+        })?;
+        steps.step("QEMU end-to-end suite", || run_qemu_suite(&args.qemu, &skips))
+    })();
+    report_skips(&skips);
+    result?;
     steps.finish();
     Ok(())
 }
 
 pub fn qemu_test(args: &QemuArgs) -> Result<()> {
     hosttools::ensure(&[hosttools::TEST])?;
-    run_qemu_suite(args)
+    let skips = fresh_skip_log()?;
+    let result = run_qemu_suite(args, &skips);
+    report_skips(&skips);
+    result
 }
 
-fn run_qemu_suite(args: &QemuArgs) -> Result<()> {
+fn fresh_skip_log() -> Result<std::path::PathBuf> {
+    let path = buildenv::target_dir()?.join("test-skips.log");
+    std::fs::create_dir_all(path.parent().expect("a file in the target dir"))?;
+    std::fs::write(&path, b"")?;
+    Ok(path)
+}
+
+/// Lists every test that could not run (none can, under CI or as root).
+fn report_skips(log: &Path) {
+    let skipped = skip::read_log(&std::fs::read_to_string(log).unwrap_or_default());
+    if skipped.is_empty() {
+        progress::note("skipped tests: none");
+        return;
+    }
+    let verdict = if skip::required() { "could not run (failures under CI or as root)" } else { "skipped" };
+    progress::note(&format!("{} tests {verdict}:", skipped.len()));
+    for (test, why) in skipped {
+        eprintln!("    {test}: {why}");
+    }
+}
+
+fn run_qemu_suite(args: &QemuArgs, skips: &Path) -> Result<()> {
     progress::note(&format!("QEMU suite with accel={}", args.accel));
     Cmd::new(cargo())
         .args(["test", "--locked", "-p", "bpi-qemu-tests", "--", "--test-threads=1", "--nocapture"])
-        .env("BPI_IMAGE_DIR", workspace_root().join("target/image"))
+        .env("BPI_IMAGE_DIR", buildenv::target_dir()?.join("image"))
         .env("BPI_QEMU_ACCEL", &args.accel)
+        .env(skip::LOG_ENV, skips)
         .current_dir(workspace_root())
         .echo()
         .run()?;

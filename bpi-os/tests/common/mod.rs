@@ -14,15 +14,9 @@ use std::time::Duration;
 pub const NOBODY: u32 = 65534;
 
 pub fn can_run() -> bool {
-    if !bpi_support::host::is_root() {
-        eprintln!("SKIP: calling the bus as another user needs root");
-        return false;
-    }
-    if bpi_support::cmd::which("dbus-daemon").is_none() || bpi_support::cmd::which("dbus-send").is_none() {
-        eprintln!("SKIP: dbus-daemon or dbus-send is not installed (cargo xtask test installs them)");
-        return false;
-    }
-    true
+    bpi_support::skip::needs_root("calling the bus as another user")
+        && bpi_support::skip::needs_program("dbus-daemon", "dbus-daemon")
+        && bpi_support::skip::needs_program("dbus-send", "dbus-bin")
 }
 
 /// A world-readable scratch directory with a copy of the binary, so `nobody`

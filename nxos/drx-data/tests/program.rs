@@ -19,11 +19,7 @@ use bpi_drx_data::{
 const PROGRAM: &str = "xdp_trust_routing";
 
 fn root() -> bool {
-    if !bpi_support::host::is_root() {
-        eprintln!("skipped: loading eBPF programs needs root");
-        return false;
-    }
-    true
+    bpi_support::skip::needs_root("loading eBPF programs")
 }
 
 struct Bed {

@@ -35,11 +35,7 @@ const PORT: u16 = 7777;
 const WAIT: Duration = Duration::from_millis(800);
 
 fn root() -> bool {
-    if !bpi_support::host::is_root() {
-        eprintln!("skipped: network namespaces and XDP need root");
-        return false;
-    }
-    true
+    bpi_support::skip::needs_root("network namespaces and XDP")
 }
 
 /// Two namespaces: `near` sends, `far` has the program on `vb`'s ingress.

@@ -214,8 +214,7 @@ fn a_second_writer_is_refused_and_limits_refuse_alone() {
 
 #[test]
 fn the_log_is_append_only_where_the_file_system_allows() {
-    if !bpi_support::host::is_root() {
-        eprintln!("SKIP: setting the append-only attribute needs root (CAP_LINUX_IMMUTABLE)");
+    if !bpi_support::skip::needs_root("setting the append-only attribute (CAP_LINUX_IMMUTABLE)") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -227,8 +226,7 @@ fn the_log_is_append_only_where_the_file_system_allows() {
     drop(ledger);
     let log = dir.path().join(LOG_FILE);
     if let Some(why) = report.append_only {
-        eprintln!("SKIP: {why}");
-        return;
+        return bpi_support::skip::skip(&why);
     }
     // Overwriting in place and truncating are refused by the kernel.
     let f = std::fs::OpenOptions::new().write(true).open(&log);
