@@ -120,8 +120,8 @@ fn install(packages: &[&str]) -> Result<()> {
         }
         for p in &pins {
             progress::note(&format!(
-                "{}: {} -> {}, the version {} comes in at (the configured apt sources carry no {} of {} {})",
-                p.package, p.installed, p.version, p.matches, p.matches, p.package, p.installed
+                "{}: {} -> {}, the version of {} in this transaction (apt would otherwise remove {})",
+                p.package, p.installed, p.version, p.matches, p.package
             ));
         }
     }
