@@ -145,7 +145,7 @@ fn a_changed_byte_in_file_data_reads_as_io_error() -> Result<()> {
 }
 
 #[test]
-fn boots_with_proxmox_default_cpu_kvm64() -> Result<()> {
+fn boots_with_proxmox_default_cpu_kvm64_and_the_harness_stops_at_a_panic() -> Result<()> {
     let mut opts = VmOptions::new(raw());
     opts.cpu = Some("kvm64".into());
     let machine = Machine::new(opts)?;
@@ -157,5 +157,17 @@ fn boots_with_proxmox_default_cpu_kvm64() -> Result<()> {
     let store: serde_json::Value = serde_json::from_str(&vm.sh("bpi-os store status --json")?)?;
     ensure!(store["initialized"] == false, "a store was made without a TPM2: {store}");
     ensure!(vm.sh("bpi-os status")?.contains("no encrypted store: there is no TPM2"), "status does not say the store is missing");
-    vm.poweroff()
+
+    // The harness stops at a kernel panic on the console instead of waiting
+    // out its timeout: crash this guest's kernel and watch it do so.
+    vm.sh("(sleep 1; echo c > /proc/sysrq-trigger) </dev/null >/dev/null 2>&1 &")?;
+    let t = std::time::Instant::now();
+    match vm.wait_exit(Duration::from_secs(600)) {
+        Err(e) if format!("{e:#}").contains("kernel panic") => {}
+        // A kernel that reboots on panic ends QEMU at once (-no-reboot).
+        Ok(()) if vm.serial().contains("Kernel panic") => {}
+        other => anyhow::bail!("a crashed guest was not reported as a kernel panic: {other:?}"),
+    }
+    eprintln!("harness: the guest's kernel panic was seen {:.1}s after the crash was triggered", t.elapsed().as_secs_f64());
+    Ok(())
 }
