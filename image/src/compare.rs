@@ -9,7 +9,13 @@ use anyhow::Result;
 use crate::manifest::Manifest;
 
 /// The first partition whose bytes differ, or None when they all match.
+/// The root is named first when it differs: its hash is on the UKI's command
+/// line and names the verity partitions, so the others differ because of it.
 pub fn first_differing_partition(a: &Manifest, b: &Manifest) -> Option<String> {
+    let root = |m: &Manifest| m.partition("bpi-root").map(|p| p.sha256.clone());
+    if root(a) != root(b) {
+        return Some("bpi-root".into());
+    }
     for (pa, pb) in a.partitions.iter().zip(&b.partitions) {
         if pa.name != pb.name || pa.offset != pb.offset || pa.size != pb.size || pa.sha256 != pb.sha256 {
             return Some(pa.name.clone());
@@ -68,6 +74,29 @@ fn walk(a_root: &Path, b_root: &Path, rel: &Path) -> Result<Option<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_changed_root_is_named_before_the_esp_that_carries_its_hash() {
+        let part = |name: &str, sha: &str| crate::manifest::PartitionInfo {
+            name: name.into(),
+            type_guid: String::new(),
+            guid: String::new(),
+            offset: 0,
+            size: 1,
+            sha256: sha.into(),
+        };
+        let manifest = |esp: &str, root: &str| Manifest {
+            partitions: vec![part("bpi-esp", esp), part("bpi-root", root)],
+            ..serde_json::from_str(MINIMAL).unwrap()
+        };
+        assert_eq!(first_differing_partition(&manifest("e", "r"), &manifest("e", "r")), None);
+        assert_eq!(first_differing_partition(&manifest("e", "r"), &manifest("E", "R")).as_deref(), Some("bpi-root"));
+        assert_eq!(first_differing_partition(&manifest("e", "r"), &manifest("E", "r")).as_deref(), Some("bpi-esp"));
+    }
+
+    const MINIMAL: &str = r#"{"name":"bpi-os","version":"0","architecture":"x86_64","source_date_epoch":0,"kernel":"k",
+        "root_hash":"h","cmdline":"c","disk":{"guid":"g","size":0,"sha256":"d"},"partitions":[],
+        "verity_canary":{"path":"/p","root_offset":0},"packages":[]}"#;
 
     #[test]
     fn names_the_first_changed_file() {
