@@ -310,7 +310,9 @@ pub fn control(pin_dir: &Path, command: ControlCommand) -> Result<()> {
     match command {
         ControlCommand::Serve { topology, policies, admin_group, bus } => {
             let engine = Engine::new(Topology::load(&topology)?, intents(&policies)?, Some(pin_dir.to_owned()));
-            service::serve(ServeOptions { engine, admin_group, bus })
+            // The ledger is on the same bus as the daemon (a private one in tests).
+            let recorder = std::sync::Arc::new(bpi_ledger::service::LedgerRecorder::new(bus.clone()));
+            service::serve(ServeOptions { engine, admin_group, bus, recorder })
         }
     }
 }

@@ -324,7 +324,8 @@ fn append(
 /// Records a state change made by another command; without a ledger service
 /// on the bus (a host, a test) it says so on stderr: the change itself stands.
 pub fn record(category: &str, action: &str, data: &serde_json::Value) {
-    eprintln!("bpi-os: {}", service::record(category, action, data));
+    use bpi_support::record::Recorder;
+    eprintln!("bpi-os: {}", service::LedgerRecorder::new(None).record(category, action, data));
 }
 
 fn via_service(bus: Option<&str>, category: &str, action: &str, data: &str) -> Result<Option<(u64, String)>> {

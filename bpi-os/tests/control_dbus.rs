@@ -27,7 +27,10 @@ fn control_plane_over_dbus_recomputes_and_writes_the_data_plane() {
         return;
     }
     let s = scratch();
-    let bus = start_bus(&s, Some(&repo("units/dbus/org.bpi.os.Control1.conf")));
+    let bus = start_bus(&s, &[&repo("units/dbus/org.bpi.os.Control1.conf"), &repo("units/dbus/org.bpi.os.Ledger1.conf")]);
+    // The ledger on the same bus: the daemon records its data-plane writes there.
+    let store = s.dir.path().join("ledger");
+    let ledger = common::serve(&s, &["ledger", "serve", "--no-append-only", "--bus", &bus.address, "--store", store.to_str().unwrap()]);
     let fs = BpfFs::mount().unwrap();
     let pins = fs.pin_dir();
     drop(attach::load(&pins, "xdp_trust_routing", Settings::default()).unwrap());
@@ -109,6 +112,18 @@ fn control_plane_over_dbus_recomputes_and_writes_the_data_plane() {
     let offline = json(&cli(&s, Some(NOBODY), &["nxos", "route", "--topology", topo_s, "--policies", pol_s, "--from", "edge-a", "--to", "dc-d", "--json"]));
     assert_eq!(offline["best"]["nodes"], serde_json::json!(["edge-a", "core-c", "dc-d"]));
     assert!(svc.stop().success());
+
+    // Every data-plane write of the daemon is a ledger block on the same bus:
+    // the first sync and the trust change (the link changes moved routes but
+    // wrote nothing into the data plane).
+    assert!(ledger.stop().success());
+    let shown = json(&cli(&s, None, &["ledger", "show", "--store", store.to_str().unwrap(), "--category", "trust", "--json"]));
+    let blocks: Vec<&Value> = shown.as_array().unwrap().iter().filter(|b| b["data"]["source"] == "drx-control").collect();
+    assert_eq!(blocks.len(), 2, "{shown}");
+    assert_eq!(blocks[0]["data"]["version"], 1);
+    assert_eq!(blocks[0]["data"]["changes"].as_array().unwrap().len(), 10, "settings, 4 scores, 5 prefixes: {shown}");
+    assert_eq!(blocks[1]["data"]["version"], m["data_plane_version"]);
+    assert_eq!(blocks[1]["data"]["changes"], serde_json::json!([{ "write": "put_node", "node": dp_id, "score": 100_000 }]));
 }
 
 #[test]

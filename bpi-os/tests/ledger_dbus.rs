@@ -49,7 +49,7 @@ fn with_the_shipped_policy_anyone_queries_and_only_root_appends() {
         return;
     }
     let s = scratch();
-    let bus = start_bus(&s, Some(&policy_file()));
+    let bus = start_bus(&s, &[&policy_file()]);
     let store = s.dir.path().join("store");
     let svc = serve(&s, &bus, &store, &[]);
 
@@ -93,7 +93,7 @@ fn the_service_refuses_unprivileged_appends_even_on_an_open_bus() {
         return;
     }
     let s = scratch();
-    let bus = start_bus(&s, None);
+    let bus = start_bus(&s, &[]);
     let store = s.dir.path().join("store");
     let svc = serve(&s, &bus, &store, &[]);
     let o = cli(&s, Some(NOBODY), &["ledger", "append", "--bus", &bus.address, "--category", "bridge", "--action", "created", "--data", SEED_EXAMPLE]);
@@ -117,7 +117,7 @@ fn bad_input_over_dbus_is_refused_and_nothing_is_recorded() {
         return;
     }
     let s = scratch();
-    let bus = start_bus(&s, None);
+    let bus = start_bus(&s, &[]);
     let store = s.dir.path().join("store");
     let _svc = serve(&s, &bus, &store, &[]);
     let conn = bpi_ledger::service::connect(Some(&bus.address)).unwrap();

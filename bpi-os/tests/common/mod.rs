@@ -49,11 +49,13 @@ impl Drop for Bus {
 
 /// A bus configured like Debian's system bus (deny by default, policies from
 /// `include`), or one that lets everyone send anything (`include` None).
-pub fn start_bus(s: &Scratch, include: Option<&Path>) -> Bus {
+/// A private bus configured like Debian's system bus with the given policy
+/// files; with none, a bus that allows everything (to test the services' own checks).
+pub fn start_bus(s: &Scratch, includes: &[&Path]) -> Bus {
     let sock = s.dir.path().join("bus.sock");
     let _ = std::fs::remove_file(&sock);
-    let policy = match include {
-        Some(file) => format!(
+    let policy = match includes {
+        [_, ..] => format!(
             r#"<policy context="default">
     <allow user="*"/>
     <deny own="*"/>
@@ -68,10 +70,10 @@ pub fn start_bus(s: &Scratch, include: Option<&Path>) -> Bus {
     <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
     <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
   </policy>
-  <include>{}</include>"#,
-            file.display()
+  {}"#,
+            includes.iter().map(|f| format!("<include>{}</include>", f.display())).collect::<Vec<_>>().join("\n  ")
         ),
-        None => r#"<policy context="default">
+        [] => r#"<policy context="default">
     <allow user="*"/>
     <allow own="*"/>
     <allow send_destination="*" eavesdrop="true"/>

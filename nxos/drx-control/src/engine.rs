@@ -6,6 +6,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::PathBuf,
+    sync::Arc,
     time::Instant,
 };
 
@@ -16,6 +17,7 @@ use bpi_drx_data::{
     prefix::Prefix,
     tables::Tables,
 };
+use bpi_support::record::{NotRecorded, Recorder};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -63,6 +65,7 @@ pub struct Engine {
     pin_dir: Option<PathBuf>,
     written: Option<DataPlaneState>,
     scratch: Scratch,
+    recorder: Arc<dyn Recorder>,
 }
 
 /// What one change did, for the caller and the ledger.
@@ -82,9 +85,25 @@ impl Engine {
         for n in &mut topology.nodes {
             n.id = String::new();
         }
-        let mut e = Engine { topology, graph, intents, routing: Vec::new(), metrics: Metrics::default(), pin_dir, written: None, scratch: Scratch::default() };
+        let mut e = Engine {
+            topology,
+            graph,
+            intents,
+            routing: Vec::new(),
+            metrics: Metrics::default(),
+            pin_dir,
+            written: None,
+            scratch: Scratch::default(),
+            recorder: Arc::new(NotRecorded),
+        };
         e.recompute_routing();
         e
+    }
+
+    /// Where the changes this engine writes into the data plane are recorded
+    /// (the daemon is given the ledger's recorder).
+    pub fn record_with(&mut self, recorder: Arc<dyn Recorder>) {
+        self.recorder = recorder;
     }
 
     fn node(&self, id: &str) -> Result<usize> {
@@ -197,7 +216,7 @@ impl Engine {
         self.metrics.data_plane_version = Some(applied.version);
         self.metrics.data_plane_writes += p.writes.len() as u64;
         self.written = Some(want);
-        let outcome = bpi_ledger::service::record("trust", "update", &json!({ "version": applied.version, "source": "drx-control", "changes": p.writes }));
+        let outcome = self.recorder.record("trust", "update", &json!({ "version": applied.version, "source": "drx-control", "changes": p.writes }));
         Ok(Some(format!("data plane version {}: {} change(s); {outcome}", applied.version, p.writes.len())))
     }
 

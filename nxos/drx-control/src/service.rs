@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
-use bpi_ledger::dbus::{block_stop_signals, serve_until_signal, Admins};
+use bpi_support::dbus::{block_stop_signals, serve_until_signal, Admins};
 use zbus::{fdo, interface, message::Header, Connection};
 
 use crate::engine::Engine;
@@ -22,9 +22,22 @@ fn invalid(e: anyhow::Error) -> fdo::Error {
     fdo::Error::InvalidArgs(format!("{e:#}"))
 }
 
+fn locked(engine: &Mutex<Engine>) -> fdo::Result<std::sync::MutexGuard<'_, Engine>> {
+    engine.lock().map_err(|_| fdo::Error::Failed("the engine's lock is poisoned".into()))
+}
+
 impl ControlService {
     fn engine(&self) -> fdo::Result<std::sync::MutexGuard<'_, Engine>> {
-        self.engine.lock().map_err(|_| fdo::Error::Failed("the engine's lock is poisoned".into()))
+        locked(&self.engine)
+    }
+
+    /// Runs a change on a thread of its own: it writes the data plane's maps
+    /// and records in the ledger over D-Bus, which must not block the
+    /// executor that serves this connection.
+    async fn change(&self, f: impl FnOnce(&mut Engine) -> anyhow::Result<crate::engine::Change> + Send + 'static) -> fdo::Result<String> {
+        let engine = self.engine.clone();
+        let change = blocking::unblock(move || locked(&engine).and_then(|mut e| f(&mut e).map_err(invalid))).await?;
+        serde_json::to_string(&change).map_err(|e| fdo::Error::Failed(e.to_string()))
     }
 }
 
@@ -59,8 +72,7 @@ impl ControlService {
 
     async fn trust_update(&self, node: String, score: f64, #[zbus(header)] header: Header<'_>, #[zbus(connection)] conn: &Connection) -> fdo::Result<String> {
         self.admins.require(&header, conn, "changing trust").await?;
-        let change = self.engine()?.trust_update(&node, score).map_err(invalid)?;
-        serde_json::to_string(&change).map_err(|e| fdo::Error::Failed(e.to_string()))
+        self.change(move |e| e.trust_update(&node, score)).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -77,8 +89,7 @@ impl ControlService {
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<String> {
         self.admins.require(&header, conn, "changing links").await?;
-        let change = self.engine()?.link_update(&a, &b, latency_ms, bandwidth_mbps, loss, carbon, up).map_err(invalid)?;
-        serde_json::to_string(&change).map_err(|e| fdo::Error::Failed(e.to_string()))
+        self.change(move |e| e.link_update(&a, &b, latency_ms, bandwidth_mbps, loss, carbon, up)).await
     }
 }
 
@@ -98,6 +109,8 @@ pub struct ServeOptions {
     pub engine: Engine,
     pub admin_group: Option<String>,
     pub bus: Option<String>,
+    /// Where the daemon's changes to the data plane are recorded.
+    pub recorder: std::sync::Arc<dyn bpi_support::record::Recorder>,
 }
 
 /// Serves until SIGTERM or SIGINT; writes the data plane's maps first.
@@ -105,6 +118,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     let signals = block_stop_signals()?;
     let admins = Admins::from_group(opts.admin_group.as_deref())?;
     let mut engine = opts.engine;
+    engine.record_with(opts.recorder);
     // Loading a large Meta-RIB leaves the parser's freed memory resident.
     bpi_support::host::release_free_heap();
     let note = |s: &str| bpi_support::progress::note(&format!("drx-control: {s}"));

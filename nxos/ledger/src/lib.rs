@@ -6,7 +6,6 @@
 pub mod block;
 pub mod checkpoint;
 pub mod commit;
-pub mod dbus;
 pub mod error;
 pub mod frame;
 pub mod log;

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use zbus::message::Header;
 use zbus::{fdo, interface, Connection};
 
-use crate::dbus::Admins;
+use bpi_support::dbus::Admins;
+use bpi_support::record::Recorder;
 
 use crate::block::Draft;
 use crate::commit::Ledger;
@@ -186,7 +187,7 @@ pub struct ServeOptions {
 /// Runs the service until SIGTERM or SIGINT: opens the store, takes the bus
 /// name, tells systemd it is ready, and on the way out writes a checkpoint.
 pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
-    let signals = crate::dbus::block_stop_signals()?;
+    let signals = bpi_support::dbus::block_stop_signals()?;
     let admins = Admins::from_group(opts.admin_group.as_deref())?;
     let dir = opts.store.dir.clone();
     let (ledger, report) = Ledger::open(opts.store)?;
@@ -202,7 +203,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let service = LedgerService { ledger: ledger.clone(), plugins: Arc::new(Plugins::default()), admins };
     note(&format!("serving {BUS_NAME} at {OBJECT_PATH}"));
     let status = format!("serving {} blocks from {}", report.blocks, dir.display());
-    let sig = crate::dbus::serve_until_signal(signals, opts.bus.as_deref(), BUS_NAME, OBJECT_PATH, service, &status)?;
+    let sig = bpi_support::dbus::serve_until_signal(signals, opts.bus.as_deref(), BUS_NAME, OBJECT_PATH, service, &status)?;
     note(&format!("{sig:?}: stopping"));
     ledger.close()?;
     let size = ledger.store().checkpointed();
@@ -231,19 +232,21 @@ pub fn append_direct(
     Ok((last.expect("a plugin returns at least one record"), report))
 }
 
-/// Appends through the ledger service on the system bus (or `bus`); `None`
-/// when no bus or no service is there (a host, a test), so the caller can say so.
-pub fn append_via_service(bus: Option<&str>, category: &str, action: &str, data: &str) -> anyhow::Result<Option<(u64, String)>> {
+/// What an append through the service came to.
+pub enum Appended {
+    /// The block's height and hash.
+    Block(u64, String),
+    /// No ledger service on that bus.
+    NoService,
+}
+
+/// Appends through the ledger service on `conn`.
+fn append_over(conn: &zbus::blocking::Connection, category: &str, action: &str, data: &str) -> anyhow::Result<Appended> {
     use anyhow::Context;
-    let conn = match connect(bus) {
-        Ok(c) => c,
-        Err(_) if bus.is_none() => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("connecting to the bus at {}", bus.unwrap_or("system"))),
-    };
-    let proxy = Ledger1ProxyBlocking::new(&conn).context("making a ledger proxy")?;
+    let proxy = Ledger1ProxyBlocking::new(conn).context("making a ledger proxy")?;
     match proxy.append(category, action, data) {
-        Ok(r) => Ok(Some(r)),
-        Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == "org.freedesktop.DBus.Error.ServiceUnknown" && bus.is_none() => Ok(None),
+        Ok((height, hash)) => Ok(Appended::Block(height, hash)),
+        Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == "org.freedesktop.DBus.Error.ServiceUnknown" => Ok(Appended::NoService),
         Err(zbus::Error::MethodError(name, msg, _)) => {
             anyhow::bail!("the ledger service refused: {} ({})", msg.unwrap_or_default(), name.as_str())
         }
@@ -251,12 +254,62 @@ pub fn append_via_service(bus: Option<&str>, category: &str, action: &str, data:
     }
 }
 
-/// Records a change another component made, through the service; the
-/// outcome as one line for the caller's log.
-pub fn record(category: &str, action: &str, data: &serde_json::Value) -> String {
-    match append_via_service(None, category, action, &data.to_string()) {
-        Ok(Some((height, _))) => format!("recorded in the ledger as block {height}"),
-        Ok(None) => "note: not recorded in the ledger: bpi-ledger.service is not on the bus".into(),
-        Err(e) => format!("warning: not recorded in the ledger: {e:#}"),
+/// Appends through the ledger service on the system bus (or `bus`); `None`
+/// when there is no system bus or no service on it (a host, a test), so the
+/// caller can say so. On a bus named by address, both are errors.
+pub fn append_via_service(bus: Option<&str>, category: &str, action: &str, data: &str) -> anyhow::Result<Option<(u64, String)>> {
+    use anyhow::Context;
+    let conn = match connect(bus) {
+        Ok(c) => c,
+        Err(_) if bus.is_none() => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("connecting to the bus at {}", bus.unwrap_or("system"))),
+    };
+    match append_over(&conn, category, action, data)? {
+        Appended::Block(height, hash) => Ok(Some((height, hash))),
+        Appended::NoService if bus.is_none() => Ok(None),
+        Appended::NoService => anyhow::bail!("no ledger service ({BUS_NAME}) on the bus at {}", bus.unwrap_or("system")),
+    }
+}
+
+/// The ledger as a [`Recorder`] for the other services and the CLI: appends
+/// through bpi-ledger.service over one bus connection, made on first use and
+/// kept, so a daemon does not open a connection per change.
+pub struct LedgerRecorder {
+    bus: Option<String>,
+    conn: std::sync::Mutex<Option<zbus::blocking::Connection>>,
+}
+
+impl LedgerRecorder {
+    /// Records on the system bus, or on the bus at `bus`.
+    pub fn new(bus: Option<String>) -> LedgerRecorder {
+        LedgerRecorder { bus, conn: std::sync::Mutex::new(None) }
+    }
+}
+
+const NOT_ON_BUS: &str = "note: not recorded in the ledger: bpi-ledger.service is not on the bus";
+
+impl Recorder for LedgerRecorder {
+    fn record(&self, category: &str, action: &str, data: &serde_json::Value) -> String {
+        let mut conn = match self.conn.lock() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        if conn.is_none() {
+            match connect(self.bus.as_deref()) {
+                Ok(c) => *conn = Some(c),
+                Err(_) if self.bus.is_none() => return NOT_ON_BUS.into(),
+                Err(e) => return format!("warning: not recorded in the ledger: connecting to {}: {e}", self.bus.as_deref().unwrap_or("the system bus")),
+            }
+        }
+        let outcome = append_over(conn.as_ref().expect("connected above"), category, action, &data.to_string());
+        match outcome {
+            Ok(Appended::Block(height, _)) => format!("recorded in the ledger as block {height}"),
+            Ok(Appended::NoService) => NOT_ON_BUS.into(),
+            Err(e) => {
+                // The next change makes a new connection.
+                *conn = None;
+                format!("warning: not recorded in the ledger: {e:#}")
+            }
+        }
     }
 }

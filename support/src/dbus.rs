@@ -88,9 +88,9 @@ pub fn serve_until_signal<I: zbus::object_server::Interface>(
         None => zbus::blocking::connection::Builder::system()?,
     };
     let conn = builder.name(name)?.serve_at(path, iface)?.build().with_context(|| format!("taking {name} on the bus"))?;
-    bpi_support::notify::notify(&format!("READY=1\nSTATUS={status}")).context("notifying systemd")?;
+    crate::notify::notify(&format!("READY=1\nSTATUS={status}")).context("notifying systemd")?;
     let sig = signals.wait().context("waiting for a signal")?;
-    let _ = bpi_support::notify::notify("STOPPING=1");
+    let _ = crate::notify::notify("STOPPING=1");
     drop(conn);
     Ok(sig)
 }
