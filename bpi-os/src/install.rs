@@ -63,7 +63,7 @@ fn store_choice(a: &InstallArgs) -> Result<Option<disk::StoreChoice>> {
     if a.no_store {
         return Ok(None);
     }
-    let present = store::tpm2_present(std::time::Duration::ZERO);
+    let present = store::tpm2(std::time::Duration::ZERO) == store::Tpm::Present;
     let tpm2 = match a.tpm2 {
         store::Tpm2::Auto => present,
         store::Tpm2::Yes if !present => bail!("--tpm2 yes, but this machine has no TPM2 ({})", store::TPM_DEVICE),

@@ -62,8 +62,8 @@ const FIRST_BOOT_KEY: &str = "/run/bpi-os/store-recovery-key";
 pub fn run(cmd: StoreCommand) -> Result<()> {
     match cmd {
         StoreCommand::Init { device, tpm2, tpm2_pcrs, recovery_key_file, passphrase, dry_run, first_boot } => {
-            let is_luks = store::is_luks(&device);
-            if first_boot && is_luks {
+            let holds = store::Holds::of(&device);
+            if first_boot && holds == store::Holds::Luks {
                 println!("the encrypted store exists already");
                 return Ok(());
             }
@@ -83,12 +83,12 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
                 recovery_key_file: recovery_key_file.clone(),
                 passphrase: pass.clone().or(passphrase.then(String::new)),
             };
-            let tpm = store::tpm2_present(std::time::Duration::from_secs(if first_boot { 30 } else { 0 }));
-            if first_boot && !tpm {
+            let tpm = store::tpm2(std::time::Duration::from_secs(if first_boot { 30 } else { 0 }));
+            if first_boot && tpm == store::Tpm::Absent {
                 println!("no TPM2 here: no encrypted store was created (`bpi-os store init --recovery-key-file PATH` creates one)");
                 return Ok(());
             }
-            let steps = store::plan(&opts, tpm, is_luks)?;
+            let steps = store::plan(&opts, tpm, holds)?;
             for s in &steps {
                 println!("{s}");
             }

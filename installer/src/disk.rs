@@ -416,7 +416,7 @@ pub fn apply(plan: &Plan, state_file: &Path, steps: &Steps, passphrase: Option<&
                         recovery_key_file: recovery_key_file.clone(),
                         passphrase: pass.map(str::to_string),
                     };
-                    let store_steps = store::plan(&opts, store::tpm2_present(std::time::Duration::ZERO), false)?;
+                    let store_steps = store::plan(&opts, store::tpm2(std::time::Duration::ZERO), store::Holds::Nothing)?;
                     shown_key = store::apply(&store_steps, pass)?;
                 }
             }

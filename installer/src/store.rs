@@ -74,10 +74,34 @@ impl std::fmt::Display for Step {
     }
 }
 
-/// The plan for `opts`, given whether there is a TPM2 and whether the device
-/// already holds LUKS.
-pub fn plan(opts: &InitOptions, tpm_present: bool, is_luks: bool) -> Result<Vec<Step>> {
-    if is_luks {
+/// Whether this machine has a TPM2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tpm {
+    Present,
+    Absent,
+}
+
+/// What the store's device holds before it is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holds {
+    Nothing,
+    Luks,
+}
+
+impl Holds {
+    pub fn of(device: &Path) -> Holds {
+        if is_luks(device) {
+            Holds::Luks
+        } else {
+            Holds::Nothing
+        }
+    }
+}
+
+/// The plan for `opts`, given the TPM2 and what the device holds.
+pub fn plan(opts: &InitOptions, tpm: Tpm, holds: Holds) -> Result<Vec<Step>> {
+    let tpm_present = tpm == Tpm::Present;
+    if holds == Holds::Luks {
         bail!("{} already holds a LUKS volume: the store exists (`bpi-os store status`)", opts.device.display());
     }
     let tpm = match opts.tpm2 {
@@ -116,7 +140,7 @@ pub fn plan(opts: &InitOptions, tpm_present: bool, is_luks: bool) -> Result<Vec<
 /// Whether this machine has a TPM2, waiting (up to `wait`) for its driver
 /// when the firmware announces one (ACPI MSFT0101) but /dev/tpmrm0 is not
 /// there yet: early in boot the module may still be loading.
-pub fn tpm2_present(wait: std::time::Duration) -> bool {
+pub fn tpm2(wait: std::time::Duration) -> Tpm {
     let announced = ["/sys/bus/acpi/devices", "/sys/bus/platform/devices"].iter().any(|d| {
         std::fs::read_dir(d)
             .map(|r| r.flatten().any(|e| e.file_name().to_string_lossy().starts_with("MSFT0101")))
@@ -125,10 +149,10 @@ pub fn tpm2_present(wait: std::time::Duration) -> bool {
     let t = std::time::Instant::now();
     loop {
         if Path::new(TPM_DEVICE).exists() {
-            return true;
+            return Tpm::Present;
         }
         if !announced || t.elapsed() >= wait {
-            return false;
+            return Tpm::Absent;
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
@@ -295,7 +319,7 @@ pub fn unlock(device: &Path, key: Key<'_>) -> Result<()> {
         match key_file {
             Some(k) if k.as_os_str().is_empty() => {}
             Some(k) => Cmd::new("cryptsetup").arg("open").arg("--key-file").arg(k).arg(device).arg(MAPPER).run()?,
-            None if !tpm2_present(std::time::Duration::from_secs(30)) => {
+            None if tpm2(std::time::Duration::from_secs(30)) == Tpm::Absent => {
                 bail!("no TPM2 appeared ({TPM_DEVICE}); unlock with `bpi-os store unlock --recovery-key-file PATH`")
             }
             None => Cmd::new(CRYPTSETUP_HELPER)
@@ -380,27 +404,27 @@ mod tests {
 
     #[test]
     fn plans_follow_the_tpm_and_the_operators_choice() {
-        let with_tpm = plan(&opts(Tpm2::Auto, false), true, false).unwrap();
+        let with_tpm = plan(&opts(Tpm2::Auto, false), Tpm::Present, Holds::Nothing).unwrap();
         assert_eq!(with_tpm.len(), 3);
         assert!(matches!(with_tpm[1], Step::EnrollTpm2 { .. }));
         assert_eq!(with_tpm[2], Step::ShowRecoveryKey);
         let mut with_pass = opts(Tpm2::No, false);
         with_pass.passphrase = Some("correct horse".into());
-        let p = plan(&with_pass, true, false).unwrap();
+        let p = plan(&with_pass, Tpm::Present, Holds::Nothing).unwrap();
         assert_eq!(p[1], Step::EnrollPassphrase { device: "/dev/vdb4".into() });
         assert_eq!(p.last(), Some(&Step::ShowRecoveryKey));
-        let no_tpm = plan(&opts(Tpm2::Auto, false), false, false).unwrap_err().to_string();
+        let no_tpm = plan(&opts(Tpm2::Auto, false), Tpm::Absent, Holds::Nothing).unwrap_err().to_string();
         assert!(no_tpm.contains("--recovery-key-file") && no_tpm.contains("no TPM2 here"), "{no_tpm}");
-        let file = plan(&opts(Tpm2::Auto, true), false, false).unwrap();
+        let file = plan(&opts(Tpm2::Auto, true), Tpm::Absent, Holds::Nothing).unwrap();
         assert_eq!(file[0], Step::WriteRecoveryKey { path: "/root/rk".into() });
         assert_eq!(file.len(), 2);
-        assert!(plan(&opts(Tpm2::Yes, true), false, false).unwrap_err().to_string().contains("no TPM2"));
-        let off = plan(&opts(Tpm2::No, true), true, false).unwrap();
+        assert!(plan(&opts(Tpm2::Yes, true), Tpm::Absent, Holds::Nothing).unwrap_err().to_string().contains("no TPM2"));
+        let off = plan(&opts(Tpm2::No, true), Tpm::Present, Holds::Nothing).unwrap();
         assert!(!off.iter().any(|s| matches!(s, Step::EnrollTpm2 { .. })));
-        assert!(plan(&opts(Tpm2::Auto, true), true, true).unwrap_err().to_string().contains("already holds"));
+        assert!(plan(&opts(Tpm2::Auto, true), Tpm::Present, Holds::Luks).unwrap_err().to_string().contains("already holds"));
         let mut bad = opts(Tpm2::Auto, true);
         bad.pcrs = "7+x".into();
-        assert!(plan(&bad, true, false).is_err());
+        assert!(plan(&bad, Tpm::Present, Holds::Nothing).is_err());
     }
 
     #[test]
