@@ -5,9 +5,10 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use bpi_installer::layout::{self, Home};
+use bpi_formats::layout::{self, Home};
 use bpi_installer::target::{self, Allow};
-use bpi_installer::{disk, source, store, units};
+use bpi_formats::units;
+use bpi_installer::{disk, source, store};
 use bpi_support::Steps;
 use clap::Args;
 

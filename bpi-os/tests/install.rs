@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use bpi_disk::gpt::{self, derived_guid, types, Partition, SECTOR};
-use bpi_disk::manifest::{Canary, DiskInfo, Manifest, PartitionInfo};
+use bpi_formats::gpt::{self, derived_guid, types, Partition, SECTOR};
+use bpi_formats::manifest::{Canary, DiskInfo, Manifest, PartitionInfo};
 use bpi_support::digest::sha256_file;
 
 const MIB: u64 = 1 << 20;
@@ -272,12 +272,12 @@ fn root_mode_lays_out_bpi_and_the_units() {
     let o = bpi(&["install", "--root", root.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     use std::os::unix::fs::PermissionsExt;
-    for d in bpi_installer::layout::TREE {
+    for d in bpi_formats::layout::TREE {
         let meta = std::fs::metadata(root.join(d.path.trim_start_matches('/'))).unwrap();
         assert_eq!(meta.permissions().mode() & 0o7777, d.mode, "{}", d.path);
     }
-    for (name, contents) in bpi_installer::units::FILES {
-        let dest = root.join(bpi_installer::units::destination(name));
+    for (name, contents) in bpi_formats::units::FILES {
+        let dest = root.join(bpi_formats::units::destination(name));
         assert_eq!(std::fs::read_to_string(&dest).unwrap(), *contents, "{}", dest.display());
     }
     let wants = root.join("etc/systemd/system/multi-user.target.wants/bpi-ledger.service");

@@ -12,4 +12,4 @@ pub mod sources;
 pub mod stage;
 pub mod verity;
 
-pub use bpi_disk::{gpt, manifest};
+pub use bpi_formats::{gpt, manifest};

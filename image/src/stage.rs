@@ -6,8 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use bpi_installer::layout::{self, Home};
-use bpi_installer::units;
+use bpi_formats::layout::{self, Home};
+use bpi_formats::units;
 use bpi_support::fsmode::create_dirs;
 use bpi_support::Cmd;
 

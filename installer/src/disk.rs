@@ -20,7 +20,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
-use bpi_disk::gpt::{self, ALIGN, ENTRY_SECTORS, SECTOR};
+use bpi_formats::gpt::{self, ALIGN, ENTRY_SECTORS, SECTOR};
 use bpi_support::{progress, Cmd, Steps};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

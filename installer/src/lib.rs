@@ -1,11 +1,9 @@
-//! The bpi-os installer library. [`layout`] is the one definition of the /bpi
-//! namespace and [`units`] the one set of unit files: the image build and
-//! `bpi-os install --root` both apply them. [`source`], [`target`] and
-//! [`disk`] plan and carry out `bpi-os install --disk`.
+//! The bpi-os installer library. [`source`], [`target`] and [`disk`] plan and
+//! carry out `bpi-os install --disk`; [`store`] makes and opens the encrypted
+//! store. The /bpi layout and the unit set it lays out are
+//! `bpi_formats::{layout, units}`, shared with the image build.
 
 pub mod disk;
-pub mod layout;
 pub mod source;
 pub mod store;
 pub mod target;
-pub mod units;

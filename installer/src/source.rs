@@ -7,8 +7,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
-use bpi_disk::gpt;
-use bpi_disk::manifest::Manifest;
+use bpi_formats::gpt;
+use bpi_formats::manifest::Manifest;
 use bpi_support::Steps;
 use sha2::{Digest, Sha256};
 

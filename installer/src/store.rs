@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use bpi_support::{progress, Cmd};
 use serde::Serialize;
 
-use crate::layout::{self, Home};
+use bpi_formats::layout::{self, Home};
 
 /// The store partition's GPT type (bpi-os's own; also in the initrd's repart.d).
 pub const PART_TYPE: &str = "c3bdfd8e-9a16-4e6d-8304-f2985570092d";

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use bpi_image::manifest::Manifest;
-use bpi_installer::layout::{self, Home};
+use bpi_formats::layout::{self, Home};
 use bpi_qemu_tests::image_dir;
 use bpi_qemu_tests::logscan::tail;
 use bpi_qemu_tests::vm::{copy_image, flip_byte, Machine, VmOptions};

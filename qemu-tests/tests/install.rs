@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use bpi_installer::layout::{self, Home};
+use bpi_formats::layout::{self, Home};
 use bpi_qemu_tests::image_dir;
 use bpi_qemu_tests::vm::{ExtraDisk, Machine, VmOptions};
 use bpi_support::Cmd;
@@ -124,7 +124,7 @@ fn installs_onto_a_second_disk_by_id_and_that_disk_boots_alone() -> Result<()> {
         let want = format!("{} {:o}", d.path, d.mode);
         ensure!(stat.lines().any(|l| l == want), "expected `{want}`; got:\n{stat}");
     }
-    for unit in bpi_installer::units::enabled() {
+    for unit in bpi_formats::units::enabled() {
         let state = vm.sh_any(&format!("systemctl is-enabled {unit}"))?;
         ensure!(state.stdout.trim() == "enabled", "{unit} is {:?} on the installed disk", state.stdout.trim());
     }
