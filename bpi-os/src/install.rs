@@ -5,10 +5,9 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use bpi_formats::layout::{self, Home};
+use bpi_installer::install::{self, DiskRequest, Prepared, StoreRequest};
 use bpi_installer::target::{self, Allow};
-use bpi_formats::units;
-use bpi_installer::{disk, source, store};
+use bpi_installer::{disk, store};
 use bpi_support::Steps;
 use clap::Args;
 
@@ -59,41 +58,6 @@ pub struct InstallArgs {
     no_store: bool,
 }
 
-/// The store the operator asked for, or why their choice is incomplete.
-fn store_choice(a: &InstallArgs) -> Result<Option<disk::StoreChoice>> {
-    if a.no_store {
-        return Ok(None);
-    }
-    let present = store::tpm2(std::time::Duration::ZERO) == store::Tpm::Present;
-    let tpm2 = match a.tpm2 {
-        store::Tpm2::Auto => present,
-        store::Tpm2::Yes if !present => bail!("--tpm2 yes, but this machine has no TPM2 ({})", store::TPM_DEVICE),
-        store::Tpm2::Yes => true,
-        store::Tpm2::No => false,
-    };
-    if !tpm2 && a.recovery_key_file.is_none() && !a.passphrase {
-        bail!(
-            "{}: a person must unlock the encrypted store; choose --recovery-key-file PATH to keep its recovery key, --passphrase to set one, or --no-store to install without a store",
-            if present { "--tpm2 no" } else { "this machine has no TPM2" }
-        );
-    }
-    if let Some(f) = &a.recovery_key_file {
-        // Checked now, so a key that cannot be kept stops the install before any write.
-        if f.exists() {
-            bail!("--recovery-key-file {} exists; name a new file", f.display());
-        }
-        let dir = f.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK)
-            .with_context(|| format!("--recovery-key-file: {} is not writable", dir.display()))?;
-    }
-    Ok(Some(disk::StoreChoice {
-        tpm2,
-        pcrs: a.tpm2_pcrs.clone(),
-        recovery_key_file: a.recovery_key_file.clone(),
-        passphrase: a.passphrase,
-    }))
-}
-
 pub fn run(a: InstallArgs) -> Result<()> {
     match (&a.disk, &a.root) {
         (Some(dev), None) => install_disk(dev, &a),
@@ -105,27 +69,17 @@ pub fn run(a: InstallArgs) -> Result<()> {
 fn install_disk(dev: &Path, a: &InstallArgs) -> Result<()> {
     let steps = Steps::new("install");
     let image = a.image.as_deref().context("--image PATH is needed with --disk")?;
-    let allow = Allow { force: a.force, file: a.allow_file };
-    // Inspect the disk first: a wrong disk is a faster and clearer error than
-    // a gigabyte of checksumming.
-    let t = target::inspect(dev, allow)?;
-    let choice = store_choice(a)?;
+    let store = (!a.no_store).then(|| StoreRequest {
+        tpm2: a.tpm2,
+        pcrs: a.tpm2_pcrs.clone(),
+        recovery_key_file: a.recovery_key_file.clone(),
+        passphrase: a.passphrase,
+    });
+    let req = DiskRequest { disk: dev, image, allow: Allow { force: a.force, file: a.allow_file }, state_dir: &a.state_dir, store };
+    let checked = install::check(&req)?;
     // Asked before anything is checksummed or written.
     let pass = if a.passphrase && !a.dry_run { Some(crate::store::read_passphrase(true)?) } else { None };
-    let src = steps.step("verify image", || source::verify(image, &steps))?;
-    let refuse = |why: Vec<String>| -> Result<()> {
-        if why.is_empty() {
-            return Ok(());
-        }
-        bail!("will not install onto {}:\n  - {}\nnothing was written", t.describe(), why.join("\n  - "))
-    };
-    // Everything but an existing partition table first: the plan needs a disk that fits.
-    refuse(target::refusals(&t, src.size, Allow { force: true, ..allow }))?;
-    let plan = disk::plan(&src, &t, choice)?;
-    let state_file = disk::state_path(&a.state_dir, &t.path);
-    // A table this very install wrote (and recorded) is no reason to stop.
-    let resuming = disk::load_state(&state_file, &plan).is_some();
-    refuse(target::refusals(&t, src.size, Allow { force: a.force || resuming, ..allow }))?;
+    let Prepared { target: t, plan, state_file } = install::prepare(&req, checked, &steps)?;
     if a.dry_run {
         if a.json {
             println!("{}", serde_json::to_string_pretty(&plan)?);
@@ -170,24 +124,13 @@ fn confirm(t: &target::Target, yes: bool) -> Result<()> {
 }
 
 fn install_root(root: &Path, dry_run: bool) -> Result<()> {
-    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-    let dirs = layout::plan(root, &[Home::Image, Home::Data, Home::Runtime])?;
-    let files = units::plan(root);
-    for s in &dirs {
-        println!("{s}");
-    }
-    for f in &files {
-        println!("{f}");
-    }
-    let enable = units::enabled();
-    println!("enable {}", enable.join(" "));
+    let p = install::root_plan(root)?;
+    print!("{}", p.render());
     if dry_run {
         println!("(dry run: nothing was changed)");
         return Ok(());
     }
-    layout::apply(&dirs)?;
-    units::apply(&files)?;
-    bpi_support::Cmd::new("systemctl").arg(format!("--root={}", root.display())).arg("enable").args(&enable).run()?;
-    println!("laid out {} ({} directories, {} unit files changed)", root.display(), dirs.len(), files.len());
+    install::apply_root(&p)?;
+    println!("laid out {} ({} directories, {} unit files changed)", root.display(), p.dirs.len(), p.files.len());
     Ok(())
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use bpi_installer::store::{self, InitOptions, Key, Tpm2};
+use bpi_installer::store::{self, InitOptions, InitPlan, Key, Tpm2, When};
 use clap::Subcommand;
 
 #[derive(Subcommand)]
@@ -57,38 +57,30 @@ pub enum StoreCommand {
     },
 }
 
-const FIRST_BOOT_KEY: &str = "/run/bpi-os/store-recovery-key";
-
 pub fn run(cmd: StoreCommand) -> Result<()> {
     match cmd {
         StoreCommand::Init { device, tpm2, tpm2_pcrs, recovery_key_file, passphrase, dry_run, first_boot } => {
-            let holds = store::Holds::of(&device);
-            if first_boot && holds == store::Holds::Luks {
-                println!("the encrypted store exists already");
-                return Ok(());
-            }
-            let recovery_key_file = match (recovery_key_file, first_boot) {
-                (Some(f), _) => Some(f),
-                (None, true) => {
-                    std::fs::create_dir_all("/run/bpi-os")?;
-                    Some(PathBuf::from(FIRST_BOOT_KEY))
-                }
-                (None, false) => None,
-            };
+            let when = if first_boot { When::FirstBoot } else { When::Now };
             let pass = if passphrase && !dry_run { Some(read_passphrase(true)?) } else { None };
             let opts = InitOptions {
-                device: device.clone(),
+                device,
                 tpm2,
                 pcrs: tpm2_pcrs,
-                recovery_key_file: recovery_key_file.clone(),
-                passphrase: pass.clone().or(passphrase.then(String::new)),
+                recovery_key_file,
+                // A dry run plans the passphrase's enrolment without asking for it.
+                passphrase: pass.or(passphrase.then(String::new)),
             };
-            let tpm = store::tpm2(std::time::Duration::from_secs(if first_boot { 30 } else { 0 }));
-            if first_boot && tpm == store::Tpm::Absent {
-                println!("no TPM2 here: no encrypted store was created (`bpi-os store init --recovery-key-file PATH` creates one)");
-                return Ok(());
-            }
-            let steps = store::plan(&opts, tpm, holds)?;
+            let (opts, steps) = match store::init_plan(opts, when)? {
+                InitPlan::Exists => {
+                    println!("the encrypted store exists already");
+                    return Ok(());
+                }
+                InitPlan::NoTpm => {
+                    println!("no TPM2 here: no encrypted store was created (`bpi-os store init --recovery-key-file PATH` creates one)");
+                    return Ok(());
+                }
+                InitPlan::Steps(opts, steps) => (opts, steps),
+            };
             for s in &steps {
                 println!("{s}");
             }
@@ -96,23 +88,17 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
                 println!("(dry run: nothing was changed)");
                 return Ok(());
             }
-            let shown = store::apply(&steps, pass.as_deref())?;
+            let shown = store::init_apply(&opts, &steps)?;
             if let Some(key) = shown {
                 println!("\nThe store's recovery key, shown once; keep it somewhere safe:\n\n    {key}\n");
             }
-            if first_boot {
-                let key = std::fs::read_to_string(FIRST_BOOT_KEY)?;
-                println!("\nThe encrypted store was created. Its recovery key (also in {FIRST_BOOT_KEY} until reboot; copy it somewhere safe, then delete it):\n\n    {key}\n");
+            if when == When::FirstBoot {
+                let key = std::fs::read_to_string(store::FIRST_BOOT_KEY)?;
+                println!(
+                    "\nThe encrypted store was created. Its recovery key (also in {} until reboot; copy it somewhere safe, then delete it):\n\n    {key}\n",
+                    store::FIRST_BOOT_KEY
+                );
             }
-            let enrolled = steps.iter().any(|s| matches!(s, store::Step::EnrollTpm2 { .. }));
-            // Open it now, as the next boot would.
-            let key = match (enrolled, &recovery_key_file, &pass) {
-                (true, _, _) => Key::Tpm2,
-                (false, Some(f), _) => Key::File(f),
-                (false, None, Some(p)) => Key::Passphrase(p),
-                (false, None, None) => bail!("the store has no key this command can use to open it"),
-            };
-            store::unlock(&device, key)?;
             println!("encrypted store ready at {}", store::MOUNT);
             Ok(())
         }

@@ -74,6 +74,69 @@ impl std::fmt::Display for Step {
     }
 }
 
+/// When `bpi-os store init` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum When {
+    /// Asked for by an operator.
+    Now,
+    /// By bpi-store-init.service on first boot: nothing to do when the store
+    /// exists or there is no TPM2; the recovery key goes to a file under /run
+    /// and the console.
+    FirstBoot,
+}
+
+/// Where first boot keeps the recovery key until the operator copies it.
+pub const FIRST_BOOT_KEY: &str = "/run/bpi-os/store-recovery-key";
+
+/// What `bpi-os store init` comes to before anything is changed.
+pub enum InitPlan {
+    /// First boot, and the store exists.
+    Exists,
+    /// First boot without a TPM2: no store is made (a person would have to unlock it).
+    NoTpm,
+    /// The steps, with the options they were planned for.
+    Steps(InitOptions, Vec<Step>),
+}
+
+/// Plans `bpi-os store init`; at first boot, waits up to 30 s for the TPM2's driver.
+pub fn init_plan(mut opts: InitOptions, when: When) -> Result<InitPlan> {
+    let holds = Holds::of(&opts.device);
+    if when == When::FirstBoot && holds == Holds::Luks {
+        return Ok(InitPlan::Exists);
+    }
+    let tpm = tpm2(std::time::Duration::from_secs(if when == When::FirstBoot { 30 } else { 0 }));
+    if when == When::FirstBoot {
+        if tpm == Tpm::Absent {
+            return Ok(InitPlan::NoTpm);
+        }
+        if opts.recovery_key_file.is_none() {
+            opts.recovery_key_file = Some(PathBuf::from(FIRST_BOOT_KEY));
+        }
+    }
+    let steps = plan(&opts, tpm, holds)?;
+    Ok(InitPlan::Steps(opts, steps))
+}
+
+/// Makes the store as planned and opens it, as the next boot would. The
+/// recovery key to show once, if it went to no file.
+pub fn init_apply(opts: &InitOptions, steps: &[Step]) -> Result<Option<String>> {
+    let first_boot_key = Path::new(FIRST_BOOT_KEY);
+    if opts.recovery_key_file.as_deref() == Some(first_boot_key) {
+        bpi_support::fsmode::create_dirs(first_boot_key.parent().expect("a file under /run"), 0o700)?;
+    }
+    let pass = opts.passphrase.as_deref().filter(|p| !p.is_empty());
+    let shown = apply(steps, pass)?;
+    let enrolled = steps.iter().any(|s| matches!(s, Step::EnrollTpm2 { .. }));
+    let key = match (enrolled, &opts.recovery_key_file, pass) {
+        (true, _, _) => Key::Tpm2,
+        (false, Some(f), _) => Key::File(f),
+        (false, None, Some(p)) => Key::Passphrase(p),
+        (false, None, None) => bail!("the store has no key this command can use to open it"),
+    };
+    unlock(&opts.device, key)?;
+    Ok(shown)
+}
+
 /// Whether this machine has a TPM2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tpm {
