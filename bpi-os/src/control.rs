@@ -13,6 +13,7 @@ use bpi_drx_control::{
     service::{self, Control1ProxyBlocking, ServeOptions},
     DEFAULT_POLICIES, DEFAULT_TOPOLOGY,
 };
+use bpi_support::exit::Failure;
 use bpi_support::Cmd;
 use clap::{Args, Subcommand};
 use serde_json::Value;
@@ -183,17 +184,19 @@ pub fn route(source: &Source, from: &str, to: &str, intent: Option<&str>, backup
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
-        return Ok(());
     }
     match answer {
         Answer::Found { best, backups } => {
-            println!("best:     {}", one_line(&best));
-            for (i, b) in backups.iter().enumerate() {
-                println!("backup {}: {}", i + 1, one_line(b));
+            if !json {
+                println!("best:     {}", one_line(&best));
+                for (i, b) in backups.iter().enumerate() {
+                    println!("backup {}: {}", i + 1, one_line(b));
+                }
             }
             Ok(())
         }
-        Answer::NoPath { constraint, reason } => bail!("no path from {from} to {to}: {constraint}: {reason}"),
+        // The same exit code with and without --json.
+        Answer::NoPath { constraint, reason } => Err(Failure::CheckFailed(format!("no path from {from} to {to}: {constraint}: {reason}")).into()),
     }
 }
 
@@ -298,7 +301,9 @@ pub fn link(command: LinkCommand) -> Result<()> {
 pub fn policy(command: PolicyCommand) -> Result<()> {
     match command {
         PolicyCommand::Check { file } => {
-            let intents = policy::load_file(&file)?;
+            // A file that cannot be read is an error; one that reads but is wrong fails the check.
+            std::fs::metadata(&file).with_context(|| format!("reading {}", file.display()))?;
+            let intents = policy::load_file(&file).map_err(|e| Failure::CheckFailed(format!("{e:#}")))?;
             let names: Vec<&str> = intents.iter().map(|i| i.name.as_str()).collect();
             println!("{}: {} intent(s): {}", file.display(), intents.len(), names.join(", "));
             Ok(())

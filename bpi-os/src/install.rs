@@ -110,7 +110,7 @@ fn confirm(t: &target::Target, yes: bool) -> Result<()> {
         return Ok(());
     }
     if !std::io::stdin().is_terminal() {
-        bail!("not on a terminal and --yes not given: nothing was written");
+        return Err(bpi_support::exit::Failure::NeedsPerson("not on a terminal and --yes not given: nothing was written".into()).into());
     }
     let name = t.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     eprint!("Everything on {} will be lost. Type its name ({name}) to go on: ", t.describe());

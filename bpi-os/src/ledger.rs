@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use bpi_support::exit::Failure;
 use anyhow::{bail, Context, Result};
 use bpi_ledger::service::{self, ServeOptions};
 use bpi_ledger::store::{self, StoreOptions, DEFAULT_DIR, DEFAULT_KEY};
@@ -67,7 +68,7 @@ pub enum LedgerCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Checks every block and the newest signed checkpoint; exits 1 if anything is wrong.
+    /// Checks every block and the newest signed checkpoint; exits 3 if anything is wrong (1: no store).
     Verify {
         #[command(flatten)]
         store: StoreArg,
@@ -161,7 +162,7 @@ pub fn run(cmd: LedgerCommand) -> Result<()> {
                 print!("{}", report.render());
             }
             if !report.ok {
-                std::process::exit(1);
+                return Err(Failure::CheckFailed(format!("the ledger at {} failed verification", store.dir().display())).into());
             }
             Ok(())
         }

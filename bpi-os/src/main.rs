@@ -12,6 +12,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "bpi-os", version, about = "bpi-os: immutable network OS tooling")]
 struct Cli {
+    /// Show the external commands run, and their output.
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,6 +45,11 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    bpi_support::progress::show_details(cli.verbose);
+    if cli.verbose {
+        // Cmd forwards the output of what it runs when this is set.
+        std::env::set_var("BPI_VERBOSE", "1");
+    }
     let result = match cli.command {
         Command::Status { json } => status::run(json),
         Command::Ledger { command } => ledger::run(command),
@@ -50,7 +58,7 @@ fn main() {
         Command::Nxos(args) => nxos::run(args),
     };
     if let Err(e) = result {
-        eprintln!("bpi-os: error: {e:#}");
-        std::process::exit(1);
+        bpi_support::progress::error("bpi-os", &format!("{e:#}"));
+        std::process::exit(bpi_support::exit::code_of(&e));
     }
 }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+use bpi_support::exit::Failure;
 use bpi_installer::store::{self, InitOptions, InitPlan, Key, Tpm2, When};
 use clap::Subcommand;
 
@@ -50,7 +51,7 @@ pub enum StoreCommand {
     },
     /// Unmount and close.
     Lock,
-    /// Exit 0 when the store can unlock without a person (LUKS with a TPM2 token), 1 otherwise.
+    /// Exit 0 when the store can unlock without a person (LUKS with a TPM2 token), 4 otherwise.
     Probe {
         #[arg(long, default_value = store::DEFAULT_DEVICE)]
         device: PathBuf,
@@ -131,7 +132,7 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
             if s.initialized && s.tpm2_enrolled {
                 Ok(())
             } else {
-                std::process::exit(1)
+                Err(Failure::NeedsPerson(format!("the store cannot unlock without a person: {}", s.note)).into())
             }
         }
     }

@@ -54,7 +54,10 @@ fn control_plane_over_dbus_recomputes_and_writes_the_data_plane() {
     let r = json(&cli(&s, Some(NOBODY), &["nxos", "route", "--from", "edge-a", "--to", "dc-d", "--intent", "high_security_banking", "--json", "--bus", b]));
     assert_eq!(r["answer"], "found");
     assert_eq!(r["best"]["nodes"], serde_json::json!(["edge-a", "core-c", "dc-d"]));
-    let r = json(&cli(&s, None, &["nxos", "route", "--from", "edge-a", "--to", "dc-d", "--intent", "ultra_low_latency", "--json", "--bus", b]));
+    // No path is a "no" answer: exit 3, with the answer still printed.
+    let out = cli(&s, None, &["nxos", "route", "--from", "edge-a", "--to", "dc-d", "--intent", "ultra_low_latency", "--json", "--bus", b]);
+    assert_eq!(out.status.code(), Some(bpi_support::exit::CHECK_FAILED), "{}", text(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["answer"], "no_path");
     assert_eq!(r["constraint"], "latency_budget");
 

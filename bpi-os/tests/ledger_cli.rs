@@ -125,7 +125,7 @@ fn queries_proofs_export_and_an_independent_verifier_agree() {
     b[at + 10] = b'6';
     std::fs::write(&log, &b).unwrap();
     let o = bpi(&["ledger", "verify", "--store", store, "--json"]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(bpi_support::exit::CHECK_FAILED), "{}", text(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["first_bad"]["height"], 6, "{r}");
     if let Some(py) = python_verify(store) {

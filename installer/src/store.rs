@@ -383,7 +383,10 @@ pub fn unlock(device: &Path, key: Key<'_>) -> Result<()> {
             Some(k) if k.as_os_str().is_empty() => {}
             Some(k) => Cmd::new("cryptsetup").arg("open").arg("--key-file").arg(k).arg(device).arg(MAPPER).run()?,
             None if tpm2(std::time::Duration::from_secs(30)) == Tpm::Absent => {
-                bail!("no TPM2 appeared ({TPM_DEVICE}); unlock with `bpi-os store unlock --recovery-key-file PATH`")
+                return Err(bpi_support::exit::Failure::NeedsPerson(format!(
+                    "no TPM2 appeared ({TPM_DEVICE}); unlock with `bpi-os store unlock --recovery-key-file PATH`"
+                ))
+                .into())
             }
             None => Cmd::new(CRYPTSETUP_HELPER)
                 .args(["attach", MAPPER])

@@ -7,6 +7,7 @@
 pub mod cmd;
 pub mod dbus;
 pub mod digest;
+pub mod exit;
 pub mod fsmode;
 pub mod host;
 pub mod notify;

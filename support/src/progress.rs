@@ -6,17 +6,60 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// Logs a detail line (command lines, notes). Quiet unless BPI_VERBOSE is set or
-/// we are not on a terminal, where a full log is worth more than a tidy screen.
+static DETAIL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Whether detail lines (command lines) are shown: as a program set it
+/// (`bpi-os -v`); otherwise when BPI_VERBOSE is set or we are not on a
+/// terminal, where a full log is worth more than a tidy screen (xtask in CI).
+pub fn show_details(on: bool) {
+    let _ = DETAIL.set(on);
+}
+
+/// Logs a detail line (command lines).
 pub fn log(line: &str) {
-    if std::env::var_os("BPI_VERBOSE").is_some() || !std::io::stderr().is_terminal() {
-        eprintln!("  {line}");
+    let on = *DETAIL.get_or_init(|| std::env::var_os("BPI_VERBOSE").is_some() || !std::io::stderr().is_terminal());
+    if on {
+        eprintln!("{}  {line}", journal_prefix(Priority::Debug));
     }
 }
 
 /// Says something the user must see (an install, a skipped tier).
 pub fn note(line: &str) {
-    eprintln!("==> {line}");
+    eprintln!("{}==> {line}", journal_prefix(Priority::Notice));
+}
+
+/// An error, the last thing a failing command says.
+pub fn error(program: &str, message: &str) {
+    eprintln!("{}{program}: error: {message}", journal_prefix(Priority::Err));
+}
+
+/// syslog priorities, as journald reads them from a `<N>` line prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    Err = 3,
+    Warning = 4,
+    Notice = 5,
+    Debug = 7,
+}
+
+/// `<N>` when stderr is the journal (systemd sets JOURNAL_STREAM to its
+/// device and inode, the documented test), so `journalctl -p err` finds our
+/// errors; nothing on a terminal, in a pipe or in CI.
+pub fn journal_prefix(p: Priority) -> String {
+    static TO_JOURNAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *TO_JOURNAL.get_or_init(|| stderr_is(std::env::var("JOURNAL_STREAM").ok().as_deref()));
+    if on {
+        format!("<{}>", p as u8)
+    } else {
+        String::new()
+    }
+}
+
+fn stderr_is(journal_stream: Option<&str>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some((dev, ino)) = journal_stream.and_then(|v| v.split_once(':')) else { return false };
+    let Ok(m) = std::fs::metadata("/proc/self/fd/2") else { return false };
+    dev.parse() == Ok(m.dev()) && ino.parse() == Ok(m.ino())
 }
 
 /// A sequence of named steps of one long job.
@@ -152,6 +195,16 @@ mod tests {
     fn durations_read_well() {
         assert_eq!(fmt_duration(Duration::from_millis(1500)), "1.5s");
         assert_eq!(fmt_duration(Duration::from_secs(125)), "2m05s");
+    }
+
+    #[test]
+    fn the_journal_is_recognised_by_its_stream_only() {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata("/proc/self/fd/2").unwrap();
+        assert!(stderr_is(Some(&format!("{}:{}", m.dev(), m.ino()))));
+        assert!(!stderr_is(Some(&format!("{}:{}", m.dev(), m.ino() + 1))));
+        assert!(!stderr_is(Some("garbage")));
+        assert!(!stderr_is(None));
     }
 
     #[test]
