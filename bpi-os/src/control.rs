@@ -2,6 +2,7 @@
 //! plane. Queries go to the running daemon over D-Bus, or, with --topology,
 //! are answered here from a file (planning offline).
 
+use crate::output::Json;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -55,13 +56,19 @@ pub enum LinkCommand {
         bus: Option<String>,
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        json: Json,
     },
 }
 
 #[derive(Subcommand)]
 pub enum PolicyCommand {
-    /// Check an intent policy file; errors name the file, line and key.
-    Check { file: PathBuf },
+    /// Check an intent policy file; errors name the file, line and key (exit 3).
+    Check {
+        file: PathBuf,
+        #[command(flatten)]
+        json: Json,
+    },
 }
 
 #[derive(Subcommand)]
@@ -106,24 +113,29 @@ fn remote_err(e: zbus::Error) -> anyhow::Error {
     }
 }
 
-pub fn start(dry_run: bool) -> Result<()> {
-    let cmd = Cmd::new("systemctl").args(["start", "bpi-drx-data.service", "bpi-drx-control.service"]);
-    if dry_run {
-        println!("would run: {}", cmd.cmdline());
-        return Ok(());
+pub fn start(dry_run: bool, json: Json) -> Result<()> {
+    const UNITS: [&str; 2] = ["bpi-drx-data.service", "bpi-drx-control.service"];
+    let cmd = Cmd::new("systemctl").arg("start").args(UNITS);
+    let cmdline = cmd.cmdline();
+    let done = serde_json::json!({ "units": UNITS, "command": cmdline, "dry_run": dry_run });
+    if !dry_run {
+        cmd.run()?;
     }
-    cmd.run()?;
-    println!("started bpi-drx-data.service and bpi-drx-control.service");
+    match (json.on(), dry_run) {
+        (true, _) => json.print(&done)?,
+        (false, true) => println!("would run: {cmdline}"),
+        (false, false) => println!("started {}", UNITS.join(" and ")),
+    }
     Ok(())
 }
 
-pub fn topology(source: &Source, trust_scores: bool, routing_table: bool, json: bool) -> Result<()> {
+pub fn topology(source: &Source, trust_scores: bool, routing_table: bool, json: Json) -> Result<()> {
     let v: Value = match offline(source)? {
         Some(e) => e.topology_json(trust_scores, routing_table),
         None => serde_json::from_str(&daemon(source)?.1.topology(trust_scores, routing_table).map_err(remote_err)?)?,
     };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+    if json.on() {
+        json.print(&v)?;
         return Ok(());
     }
     let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
@@ -145,13 +157,13 @@ pub fn topology(source: &Source, trust_scores: bool, routing_table: bool, json: 
     Ok(())
 }
 
-pub fn metrics(source: &Source, json: bool) -> Result<()> {
+pub fn metrics(source: &Source, json: Json) -> Result<()> {
     let v: Value = match offline(source)? {
         Some(e) => serde_json::to_value(&e.metrics)?,
         None => serde_json::from_str(&daemon(source)?.1.metrics().map_err(remote_err)?)?,
     };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+    if json.on() {
+        json.print(&v)?;
     } else if let Some(m) = v.as_object() {
         for (k, v) in m {
             println!("{k:<22} {v}");
@@ -173,7 +185,7 @@ fn one_line(p: &PathInfo) -> String {
     )
 }
 
-pub fn route(source: &Source, from: &str, to: &str, intent: Option<&str>, backups: Option<usize>, json: bool) -> Result<()> {
+pub fn route(source: &Source, from: &str, to: &str, intent: Option<&str>, backups: Option<usize>, json: Json) -> Result<()> {
     let answer: Answer = match offline(source)? {
         Some(e) => e.route(from, to, intent, backups)?,
         None => {
@@ -182,12 +194,12 @@ pub fn route(source: &Source, from: &str, to: &str, intent: Option<&str>, backup
             answer_from_json(&text)?
         }
     };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+    if json.on() {
+        json.print(&answer)?;
     }
     match answer {
         Answer::Found { best, backups } => {
-            if !json {
+            if !json.on() {
                 println!("best:     {}", one_line(&best));
                 for (i, b) in backups.iter().enumerate() {
                     println!("backup {}: {}", i + 1, one_line(b));
@@ -227,15 +239,15 @@ fn answer_from_json(text: &str) -> Result<Answer> {
     }
 }
 
-pub fn trust_via_daemon(proxy: &Control1ProxyBlocking<'_>, updates: &[(f64, String)], dry_run: bool, json: bool) -> Result<()> {
+pub fn trust_via_daemon(proxy: &Control1ProxyBlocking<'_>, updates: &[(f64, String)], dry_run: bool, json: Json) -> Result<()> {
     for (score, node) in updates {
         if dry_run {
             println!("would set node {node} to trust {score} through bpi-drx-control");
             continue;
         }
         let out = proxy.trust_update(node, *score).map_err(remote_err)?;
-        if json {
-            println!("{out}");
+        if json.on() {
+            json.print(&serde_json::from_str::<Value>(&out)?)?;
         } else {
             let v: Value = serde_json::from_str(&out)?;
             println!("node {node}: trust {score}; routes recomputed in {} us; {}", v["recompute_us"], v["data_plane"].as_str().unwrap_or("no data plane maps"));
@@ -244,7 +256,7 @@ pub fn trust_via_daemon(proxy: &Control1ProxyBlocking<'_>, updates: &[(f64, Stri
     Ok(())
 }
 
-pub fn check_path(source: &Source, nodes: &[String], intent: Option<&str>, json: bool) -> Result<()> {
+pub fn check_path(source: &Source, nodes: &[String], intent: Option<&str>, json: Json) -> Result<()> {
     let v: Value = match offline(source)? {
         Some(e) => e.check(nodes, intent)?,
         None => {
@@ -252,8 +264,8 @@ pub fn check_path(source: &Source, nodes: &[String], intent: Option<&str>, json:
             serde_json::from_str(&daemon(source)?.1.check_path(&ids, intent.unwrap_or("")).map_err(remote_err)?)?
         }
     };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+    if json.on() {
+        json.print(&v)?;
         return Ok(());
     }
     let p = &v["path"];
@@ -271,7 +283,7 @@ pub fn check_path(source: &Source, nodes: &[String], intent: Option<&str>, json:
 }
 
 pub fn link(command: LinkCommand) -> Result<()> {
-    let LinkCommand::Update { a, b, latency_ms, bandwidth_mbps, loss, carbon, down, up, bus, dry_run } = command;
+    let LinkCommand::Update { a, b, latency_ms, bandwidth_mbps, loss, carbon, down, up, bus, dry_run, json } = command;
     let source = Source { topology: None, policies: PathBuf::new(), bus };
     let (_conn, proxy) = daemon(&source)?;
     let topo: Value = serde_json::from_str(&proxy.topology(false, false).map_err(remote_err)?)?;
@@ -289,23 +301,34 @@ pub fn link(command: LinkCommand) -> Result<()> {
         if down { false } else { up || current["up"] != false },
     );
     if dry_run {
+        if json.on() {
+            let link = serde_json::json!({ "a": a, "b": b, "latency_ms": new.0, "bandwidth_mbps": new.1, "loss": new.2, "carbon": new.3, "up": new.4 });
+            return json.print(&serde_json::json!({ "dry_run": true, "link": link }));
+        }
         println!("would set {a}-{b}: latency {} ms, bandwidth {} Mbps, loss {}, carbon {}, {}", new.0, new.1, new.2, new.3, if new.4 { "up" } else { "down" });
         return Ok(());
     }
     let out = proxy.link_update(&a, &b, new.0, new.1, new.2, new.3, new.4).map_err(remote_err)?;
     let v: Value = serde_json::from_str(&out)?;
+    if json.on() {
+        return json.print(&v);
+    }
     println!("link {a}-{b} updated; routes recomputed in {} us; {}", v["recompute_us"], v["data_plane"].as_str().unwrap_or("no data plane maps"));
     Ok(())
 }
 
 pub fn policy(command: PolicyCommand) -> Result<()> {
     match command {
-        PolicyCommand::Check { file } => {
+        PolicyCommand::Check { file, json } => {
             // A file that cannot be read is an error; one that reads but is wrong fails the check.
             std::fs::metadata(&file).with_context(|| format!("reading {}", file.display()))?;
             let intents = policy::load_file(&file).map_err(|e| Failure::CheckFailed(format!("{e:#}")))?;
             let names: Vec<&str> = intents.iter().map(|i| i.name.as_str()).collect();
-            println!("{}: {} intent(s): {}", file.display(), intents.len(), names.join(", "));
+            if json.on() {
+                json.print(&serde_json::json!({ "file": file, "intents": names }))?;
+            } else {
+                println!("{}: {} intent(s): {}", file.display(), intents.len(), names.join(", "));
+            }
             Ok(())
         }
     }

@@ -1,6 +1,7 @@
 //! `bpi-os install`: thin dispatch onto bpi-installer. With --disk it writes
 //! the image to a disk; with --root it lays out /bpi and the units in a tree.
 
+use crate::output::Json;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
@@ -38,9 +39,8 @@ pub struct InstallArgs {
     /// Where progress is recorded so a re-run finishes an interrupted install.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/bpi-os/install")]
     state_dir: PathBuf,
-    /// The plan as JSON (with --dry-run).
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    json: Json,
     /// Seal the encrypted store's key to this machine's TPM2.
     #[arg(long, value_enum, default_value = "auto")]
     tpm2: store::Tpm2,
@@ -81,8 +81,8 @@ fn install_disk(dev: &Path, a: &InstallArgs) -> Result<()> {
     let pass = if a.passphrase && !a.dry_run { Some(crate::store::read_passphrase(true)?) } else { None };
     let Prepared { target: t, plan, state_file } = install::prepare(&req, checked, &steps)?;
     if a.dry_run {
-        if a.json {
-            println!("{}", serde_json::to_string_pretty(&plan)?);
+        if a.json.on() {
+            a.json.print(&plan)?;
         } else {
             print!("{}", plan.render());
             println!("(dry run: nothing was written)");

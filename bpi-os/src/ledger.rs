@@ -2,6 +2,7 @@
 //! files directly (so they work on a copied ledger); append goes through the
 //! running service unless --store names a store to open directly.
 
+use crate::output::Json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -65,8 +66,8 @@ pub enum LedgerCommand {
         /// Counts, bytes, first and last, per category.
         #[arg(long)]
         stats: bool,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: Json,
     },
     /// Checks every block and the newest signed checkpoint; exits 3 if anything is wrong (1: no store).
     Verify {
@@ -75,8 +76,8 @@ pub enum LedgerCommand {
         /// The verifier key to trust (default: the store's checkpoint.vkey).
         #[arg(long, value_name = "FILE")]
         public_key: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: Json,
     },
     /// Records one operation.
     Append {
@@ -98,8 +99,8 @@ pub enum LedgerCommand {
         /// Check the data and show what would be recorded; record nothing.
         #[arg(long)]
         dry_run: bool,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: Json,
     },
     /// An RFC 9162 inclusion proof (--height) or consistency proof (--consistency OLD).
     Proof {
@@ -113,8 +114,8 @@ pub enum LedgerCommand {
         /// The tree size to prove against (default: the current size).
         #[arg(long)]
         size: Option<u64>,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: Json,
     },
     /// Every block as JSON Lines, oldest first.
     Export {
@@ -127,9 +128,8 @@ pub enum LedgerCommand {
         /// Write here instead of stdout.
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
-        /// Accepted for symmetry; export is always JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: Json,
     },
     /// The D-Bus service (bpi-ledger.service).
     Serve {
@@ -156,8 +156,8 @@ pub fn run(cmd: LedgerCommand) -> Result<()> {
         }
         LedgerCommand::Verify { store, public_key, json } => {
             let report = verify::verify(&store.dir(), public_key.as_deref())?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+            if json.on() {
+                json.print(&report)?;
             } else {
                 print!("{}", report.render());
             }
@@ -185,8 +185,8 @@ pub fn run(cmd: LedgerCommand) -> Result<()> {
             if !ok {
                 bail!("the proof computed from {} does not verify: the store changed while it was read, or is damaged", store.dir().display());
             }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&value)?);
+            if json.on() {
+                json.print(&value)?;
             } else {
                 for (k, v) in value.as_object().expect("a proof is an object") {
                     println!("{k}: {v}");
@@ -195,7 +195,7 @@ pub fn run(cmd: LedgerCommand) -> Result<()> {
             }
             Ok(())
         }
-        LedgerCommand::Export { store, from, to, output, json: _ } => export(&store.dir(), from, to, output.as_deref()),
+        LedgerCommand::Export { store, from, to, output, json } => export(&store.dir(), from, to, output.as_deref(), json),
         LedgerCommand::Serve { store, key, admin_group, bus, no_append_only } => service::serve(ServeOptions {
             store: store.writer(key, !no_append_only),
             admin_group,
@@ -213,7 +213,7 @@ struct Filter {
     last: Option<usize>,
 }
 
-fn show(dir: &Path, f: Filter, stats: bool, json: bool) -> Result<()> {
+fn show(dir: &Path, f: Filter, stats: bool, json: Json) -> Result<()> {
     let (log, problem) = store::open_read(dir)?;
     if let Some(p) = &problem {
         eprintln!(
@@ -225,8 +225,8 @@ fn show(dir: &Path, f: Filter, stats: bool, json: bool) -> Result<()> {
     }
     if stats {
         let s = log.stats();
-        if json {
-            println!("{}", serde_json::to_string_pretty(&s)?);
+        if json.on() {
+            json.print(&s)?;
         } else {
             println!("blocks: {} ({} bytes)", s.count, s.bytes);
             if let (Some(a), Some(b)) = (s.first_timestamp, s.last_timestamp) {
@@ -250,10 +250,10 @@ fn show(dir: &Path, f: Filter, stats: bool, json: bool) -> Result<()> {
         heights.drain(..heights.len().saturating_sub(n));
     }
     let mut out = std::io::stdout().lock();
-    if json {
+    if json.on() {
         let blocks: Vec<serde_json::Value> =
             heights.iter().map(|&h| log.block(h).map(|b| b.to_json())).collect::<Result<_, _>>()?;
-        writeln!(out, "{}", serde_json::to_string_pretty(&blocks)?)?;
+        writeln!(out, "{}", json.render(&blocks)?)?;
     } else {
         for h in heights {
             writeln!(out, "{}", one_line(&log.block(h)?))?;
@@ -287,7 +287,7 @@ fn append(
     key: Option<PathBuf>,
     bus: Option<&str>,
     dry_run: bool,
-    json: bool,
+    json: Json,
 ) -> Result<()> {
     // Checked here first so bad input fails the same way on every path.
     let records = Plugins::default().prepare(category, data)?;
@@ -314,8 +314,8 @@ fn append(
         }
         (r.height, hex::encode(r.hash), "the store directly")
     };
-    if json {
-        println!("{}", serde_json::json!({ "height": height, "hash": hash }));
+    if json.on() {
+        json.print(&serde_json::json!({ "height": height, "hash": hash }))?;
     } else {
         println!("recorded block {height} ({hash}) through {via}");
     }
@@ -333,7 +333,8 @@ fn via_service(bus: Option<&str>, category: &str, action: &str, data: &str) -> R
     service::append_via_service(bus, category, action, data)
 }
 
-fn export(dir: &Path, from: Option<u64>, to: Option<u64>, output: Option<&Path>) -> Result<()> {
+/// JSON Lines, one block a line; with --json one JSON array instead.
+fn export(dir: &Path, from: Option<u64>, to: Option<u64>, output: Option<&Path>, json: Json) -> Result<()> {
     let (log, problem) = store::open_read(dir)?;
     if let Some(p) = problem {
         bail!("the ledger is damaged at height {}: {}; export refuses to copy a damaged record (run `bpi-os ledger verify`)", p.height, p.what);
@@ -345,9 +346,19 @@ fn export(dir: &Path, from: Option<u64>, to: Option<u64>, output: Option<&Path>)
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     let (lo, hi) = (from.unwrap_or(1).max(1), to.unwrap_or(log.len()).min(log.len()));
+    if json.on() {
+        sink.write_all(b"[")?;
+    }
     for h in lo..=hi {
-        serde_json::to_writer(&mut sink, &log.block(h)?.to_json())?;
-        sink.write_all(b"\n")?;
+        let block = log.block(h)?.to_json();
+        if json.on() {
+            write!(sink, "{}\n{}", if h == lo { "" } else { "," }, json.render(&block)?)?;
+        } else {
+            writeln!(sink, "{}", serde_json::to_string(&block)?)?;
+        }
+    }
+    if json.on() {
+        sink.write_all(b"\n]\n")?;
     }
     sink.flush()?;
     Ok(())

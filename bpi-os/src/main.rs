@@ -4,10 +4,12 @@ mod control;
 mod install;
 mod ledger;
 mod nxos;
+mod output;
 mod status;
 mod store;
 
 use clap::{Parser, Subcommand};
+use output::Json;
 
 #[derive(Parser)]
 #[command(name = "bpi-os", version, about = "bpi-os: immutable network OS tooling")]
@@ -23,9 +25,8 @@ struct Cli {
 enum Command {
     /// Version, verity root hash and state, data partition state.
     Status {
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: Json,
     },
     /// Install bpi-os onto a disk (--disk), or lay out /bpi and the units in a tree (--root).
     Install(install::InstallArgs),

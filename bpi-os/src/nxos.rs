@@ -1,5 +1,6 @@
 //! `bpi-os nxos ...`: the DRX runtime. Thin dispatch onto bpi-drx-data.
 
+use crate::output::Json;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -43,8 +44,11 @@ enum NxosCommand {
     },
     /// Start the runtime's services (bpi-drx-data, bpi-drx-control).
     Start {
+        /// Print what would run and change nothing.
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        json: Json,
     },
     /// Nodes, links, trust scores and the routing table.
     Topology {
@@ -54,15 +58,15 @@ enum NxosCommand {
         routing_table: bool,
         #[command(flatten)]
         source: control::Source,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: Json,
     },
     /// The control plane's counters and timings.
     Metrics {
         #[command(flatten)]
         source: control::Source,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: Json,
     },
     /// The best path and backups between two nodes, under an intent's
     /// constraints; or, with --path, check a path given by hand.
@@ -81,8 +85,8 @@ enum NxosCommand {
         backups: Option<usize>,
         #[command(flatten)]
         source: control::Source,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: Json,
     },
     /// Change a link's measurements, or take it down or up (through the daemon).
     Link {
@@ -116,8 +120,8 @@ enum EbpfCommand {
         config: Option<PathBuf>,
         #[arg(long)]
         dry_run: bool,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: Json,
     },
     /// Detach our program from an interface, or from all of them.
     Unload {
@@ -125,13 +129,16 @@ enum EbpfCommand {
         interface: Option<String>,
         #[arg(long)]
         all: bool,
+        /// Print what would be detached and change nothing.
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        json: Json,
     },
     /// Attached programs, their modes, the settings and the counters.
     Status {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: Json,
     },
 }
 
@@ -193,8 +200,8 @@ enum TrustCommand {
     },
     /// Nodes, prefixes and per-prefix counters.
     Show {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: Json,
     },
 }
 
@@ -204,8 +211,8 @@ struct Change {
     /// Print the map writes and change nothing.
     #[arg(long)]
     dry_run: bool,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    json: Json,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -219,11 +226,11 @@ pub fn run(args: NxosArgs) -> Result<()> {
     match args.command {
         NxosCommand::Ebpf { command } => match command {
             EbpfCommand::Load { program, interface, mode, config, dry_run, json } => load(dir, &program, interface, mode, config, dry_run, json),
-            EbpfCommand::Unload { interface, all, dry_run } => unload(dir, interface, all, dry_run),
+            EbpfCommand::Unload { interface, all, dry_run, json } => unload(dir, interface, all, dry_run, json),
             EbpfCommand::Status { json } => status(dir, json),
         },
         NxosCommand::Trust { command } => trust(dir, command),
-        NxosCommand::Start { dry_run } => control::start(dry_run),
+        NxosCommand::Start { dry_run, json } => control::start(dry_run, json),
         NxosCommand::Topology { trust_scores, routing_table, source, json } => control::topology(&source, trust_scores, routing_table, json),
         NxosCommand::Metrics { source, json } => control::metrics(&source, json),
         NxosCommand::Route { from, to, path, intent, backups, source, json } => match path {
@@ -236,7 +243,7 @@ pub fn run(args: NxosArgs) -> Result<()> {
     }
 }
 
-fn load(dir: &Path, program: &str, interface: Option<String>, mode: Mode, config: Option<PathBuf>, dry_run: bool, json: bool) -> Result<()> {
+fn load(dir: &Path, program: &str, interface: Option<String>, mode: Mode, config: Option<PathBuf>, dry_run: bool, json: Json) -> Result<()> {
     let (interfaces, mode, settings) = match &config {
         Some(path) => {
             let c = config::load(path)?;
@@ -262,7 +269,7 @@ fn load(dir: &Path, program: &str, interface: Option<String>, mode: Mode, config
     for p in &plans {
         attach::apply_attach(dir, p, &mut ebpf)?;
         record("ebpf", "load", &json!({ "interface": p.interface, "program": p.program, "mode": p.mode, "replaced": p.replace }));
-        if !json {
+        if !json.on() {
             println!("{}", if p.replace { format!("swapped {} on {}", p.program, p.interface) } else { format!("attached {} to {} ({:?} mode)", p.program, p.interface, p.mode) });
         }
         done.push(p.clone());
@@ -271,13 +278,13 @@ fn load(dir: &Path, program: &str, interface: Option<String>, mode: Mode, config
         // The file's settings win over whatever the maps held before.
         apply_ops(dir, vec![Op::Settings(settings)], Change { dry_run: false, json })?;
     }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&done)?);
+    if json.on() {
+        json.print(&done)?;
     }
     Ok(())
 }
 
-fn unload(dir: &Path, interface: Option<String>, all: bool, dry_run: bool) -> Result<()> {
+fn unload(dir: &Path, interface: Option<String>, all: bool, dry_run: bool, json: Json) -> Result<()> {
     let targets = if all { attach::attached_interfaces(dir)? } else { interface.into_iter().collect() };
     if !all {
         for t in &targets {
@@ -288,14 +295,20 @@ fn unload(dir: &Path, interface: Option<String>, all: bool, dry_run: bool) -> Re
     }
     for t in &targets {
         if dry_run {
-            println!("would detach from {t}");
+            if !json.on() {
+                println!("would detach from {t}");
+            }
             continue;
         }
         attach::detach(dir, t)?;
         record("ebpf", "unload", &json!({ "interface": t, "program": "xdp_trust_routing" }));
-        println!("detached from {t}");
+        if !json.on() {
+            println!("detached from {t}");
+        }
     }
-    if targets.is_empty() {
+    if json.on() {
+        json.print(&json!({ "detached": if dry_run { Vec::new() } else { targets.clone() }, "would_detach": if dry_run { targets.clone() } else { Vec::new() } }))?;
+    } else if targets.is_empty() {
         println!("nothing attached");
     }
     Ok(())
@@ -318,17 +331,17 @@ fn settings_json(s: &Settings) -> serde_json::Value {
     })
 }
 
-fn status(dir: &Path, json: bool) -> Result<()> {
+fn status(dir: &Path, json: Json) -> Result<()> {
     let links = attach::links(dir)?;
     let tables = Tables::open(dir).ok();
-    if json {
+    if json.on() {
         let mut v = json!({ "pin_dir": dir, "loaded": tables.is_some(), "links": links });
         if let Some(t) = &tables {
             v["version"] = json!(t.version()?);
             v["settings"] = settings_json(&t.settings()?);
             v["counters"] = counters_json(t)?;
         }
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        json.print(&v)?;
         return Ok(());
     }
     let Some(t) = tables else {
@@ -441,8 +454,8 @@ fn apply_ops(dir: &Path, ops: Vec<Op>, Change { dry_run, json }: Change) -> Resu
     let routes = if Plan::touches_routes(&ops) { tables.routes()? } else { BTreeMap::new() };
     let plan = plan(&ops, &routes)?;
     if dry_run {
-        if json {
-            println!("{}", serde_json::to_string_pretty(&plan)?);
+        if json.on() {
+            json.print(&plan)?;
         } else {
             for w in &plan.writes {
                 println!("would write: {}", serde_json::to_string(w)?);
@@ -452,15 +465,15 @@ fn apply_ops(dir: &Path, ops: Vec<Op>, Change { dry_run, json }: Change) -> Resu
     }
     let applied = tables.apply(&plan)?;
     record("trust", "update", &json!({ "version": applied.version, "changes": plan.writes }));
-    if json {
-        println!("{}", serde_json::to_string_pretty(&applied)?);
+    if json.on() {
+        json.print(&applied)?;
     } else {
         println!("applied {} change(s) as version {}{}", applied.writes, applied.version, if applied.resynced { " (first re-synced the idle tables)" } else { "" });
     }
     Ok(())
 }
 
-fn show(dir: &Path, json: bool) -> Result<()> {
+fn show(dir: &Path, json: Json) -> Result<()> {
     let tables = Tables::open(dir)?;
     let snap = tables.snapshot()?;
     let mut prefixes = Vec::new();
@@ -468,9 +481,9 @@ fn show(dir: &Path, json: bool) -> Result<()> {
         let c = tables.prefix_counter(r.slot)?;
         prefixes.push(json!({ "prefix": p, "node_id": r.node, "score": snap.nodes.get(&r.node).map(|s| score_to_f64(*s)), "packets": c.packets, "bytes": c.bytes }));
     }
-    if json {
+    if json.on() {
         let nodes: BTreeMap<String, f64> = snap.nodes.iter().map(|(n, s)| (n.to_string(), score_to_f64(*s))).collect();
-        println!("{}", serde_json::to_string_pretty(&json!({ "version": snap.version, "settings": settings_json(&snap.settings), "nodes": nodes, "prefixes": prefixes }))?);
+        json.print(&json!({ "version": snap.version, "settings": settings_json(&snap.settings), "nodes": nodes, "prefixes": prefixes }))?;
         return Ok(());
     }
     println!("version {}, threshold {:.6}", snap.version, score_to_f64(snap.settings.threshold));

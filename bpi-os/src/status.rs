@@ -1,6 +1,7 @@
 //! `bpi-os status`: what this system is running from, read from the kernel's
 //! own records (/proc/cmdline, mountinfo, dm-verity status).
 
+use crate::output::Json;
 use anyhow::Result;
 use serde::Serialize;
 
@@ -37,7 +38,7 @@ pub struct DataPartition {
     pub free_bytes: Option<u64>,
 }
 
-pub fn run(json: bool) -> Result<()> {
+pub fn run(json: Json) -> Result<()> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
     let verity_out = bpi_support::Cmd::new("veritysetup").args(["status", "root"]).output().ok();
@@ -60,8 +61,8 @@ pub fn run(json: bool) -> Result<()> {
         data: DataPartition { mounted: data_mount.is_some(), mount: data_mount, size_bytes: size, free_bytes: free },
         store: bpi_installer::store::status(std::path::Path::new(bpi_installer::store::DEFAULT_DEVICE)),
     };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+    if json.on() {
+        json.print(&status)?;
     } else {
         println!("version:    {}", status.version);
         println!("root hash:  {}", status.root_hash.as_deref().unwrap_or("(none: not booted from a verity image)"));

@@ -1,5 +1,6 @@
 //! `bpi-os store ...`: thin dispatch onto bpi-installer's store module.
 
+use crate::output::Json;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
@@ -31,13 +32,15 @@ pub enum StoreCommand {
         /// recovery key in /run/bpi-os/store-recovery-key and on the console.
         #[arg(long)]
         first_boot: bool,
+        #[command(flatten)]
+        json: Json,
     },
     /// Whether there is a store, how it is protected, whether it is open.
     Status {
         #[arg(long, default_value = store::DEFAULT_DEVICE)]
         device: PathBuf,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        json: Json,
     },
     /// Open (TPM2, or the recovery key) and mount at /bpi/data/encrypted.
     Unlock {
@@ -48,6 +51,8 @@ pub enum StoreCommand {
         /// Unlock with the passphrase (asked for, or read from stdin).
         #[arg(long)]
         passphrase: bool,
+        #[command(flatten)]
+        json: Json,
     },
     /// Unmount and close.
     Lock,
@@ -55,12 +60,14 @@ pub enum StoreCommand {
     Probe {
         #[arg(long, default_value = store::DEFAULT_DEVICE)]
         device: PathBuf,
+        #[command(flatten)]
+        json: Json,
     },
 }
 
 pub fn run(cmd: StoreCommand) -> Result<()> {
     match cmd {
-        StoreCommand::Init { device, tpm2, tpm2_pcrs, recovery_key_file, passphrase, dry_run, first_boot } => {
+        StoreCommand::Init { device, tpm2, tpm2_pcrs, recovery_key_file, passphrase, dry_run, first_boot, json } => {
             let when = if first_boot { When::FirstBoot } else { When::Now };
             let pass = if passphrase && !dry_run { Some(read_passphrase(true)?) } else { None };
             let opts = InitOptions {
@@ -71,25 +78,41 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
                 // A dry run plans the passphrase's enrolment without asking for it.
                 passphrase: pass.or(passphrase.then(String::new)),
             };
-            let (opts, steps) = match store::init_plan(opts, when)? {
-                InitPlan::Exists => {
-                    println!("the encrypted store exists already");
-                    return Ok(());
+            let say = |outcome: &str, text: &str| -> Result<()> {
+                if json.on() {
+                    json.print(&serde_json::json!({ "outcome": outcome }))
+                } else {
+                    println!("{text}");
+                    Ok(())
                 }
+            };
+            let (opts, steps) = match store::init_plan(opts, when)? {
+                InitPlan::Exists => return say("exists", "the encrypted store exists already"),
                 InitPlan::NoTpm => {
-                    println!("no TPM2 here: no encrypted store was created (`bpi-os store init --recovery-key-file PATH` creates one)");
-                    return Ok(());
+                    return say("no-tpm2", "no TPM2 here: no encrypted store was created (`bpi-os store init --recovery-key-file PATH` creates one)")
                 }
                 InitPlan::Steps(opts, steps) => (opts, steps),
             };
-            for s in &steps {
-                println!("{s}");
-            }
             if dry_run {
+                if json.on() {
+                    return json.print(&serde_json::json!({ "outcome": "dry-run", "steps": steps }));
+                }
+                for s in &steps {
+                    println!("{s}");
+                }
                 println!("(dry run: nothing was changed)");
                 return Ok(());
             }
+            if !json.on() {
+                for s in &steps {
+                    println!("{s}");
+                }
+            }
             let shown = store::init_apply(&opts, &steps)?;
+            if json.on() {
+                // The recovery key is on stdout once either way; --json carries it for the script that asked.
+                return json.print(&serde_json::json!({ "outcome": "created", "steps": steps, "mount": store::MOUNT, "recovery_key": shown, "recovery_key_file": opts.recovery_key_file }));
+            }
             if let Some(key) = shown {
                 println!("\nThe store's recovery key, shown once; keep it somewhere safe:\n\n    {key}\n");
             }
@@ -105,14 +128,14 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
         }
         StoreCommand::Status { device, json } => {
             let s = store::status(&device);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+            if json.on() {
+                json.print(&s)?;
             } else {
                 println!("{}", s.note);
             }
             Ok(())
         }
-        StoreCommand::Unlock { device, recovery_key_file, passphrase } => {
+        StoreCommand::Unlock { device, recovery_key_file, passphrase, json } => {
             if !store::is_luks(&device) {
                 bail!("{} holds no LUKS volume: there is no store to unlock (`bpi-os store init`)", device.display());
             }
@@ -123,12 +146,18 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
                 (None, None) => Key::Tpm2,
             };
             store::unlock(&device, key)?;
+            if json.on() {
+                return json.print(&serde_json::json!({ "unlocked": true, "mount": store::MOUNT }));
+            }
             println!("encrypted store mounted at {}", store::MOUNT);
             Ok(())
         }
         StoreCommand::Lock => store::lock(),
-        StoreCommand::Probe { device } => {
+        StoreCommand::Probe { device, json } => {
             let s = store::status(&device);
+            if json.on() {
+                json.print(&serde_json::json!({ "unattended": s.initialized && s.tpm2_enrolled, "note": s.note }))?;
+            }
             if s.initialized && s.tpm2_enrolled {
                 Ok(())
             } else {
