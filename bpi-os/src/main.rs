@@ -1,6 +1,7 @@
 //! The `bpi-os` command. Thin dispatch: the work lives in the libraries.
 
 mod control;
+mod docs;
 mod install;
 mod ledger;
 mod nxos;
@@ -8,7 +9,7 @@ mod output;
 mod status;
 mod store;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use output::Json;
 
 #[derive(Parser)]
@@ -42,6 +43,12 @@ enum Command {
     },
     /// The NXOS DRX network runtime: the XDP data plane, trust, and the control plane (topology, routes, intents).
     Nxos(nxos::NxosArgs),
+    /// Write the man pages and shell completions under DIR (a usr/share); the image build runs it.
+    #[command(hide = true)]
+    GenerateDocs {
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+    },
 }
 
 fn main() {
@@ -57,6 +64,11 @@ fn main() {
         Command::Install(args) => install::run(args),
         Command::Store { command } => store::run(command),
         Command::Nxos(args) => nxos::run(args),
+        Command::GenerateDocs { out } => docs::generate(Cli::command(), &out).map(|files| {
+            for f in files {
+                println!("{}", f.display());
+            }
+        }),
     };
     if let Err(e) = result {
         bpi_support::progress::error("bpi-os", &format!("{e:#}"));

@@ -99,3 +99,21 @@ fn commands_that_print_take_json_pretty_or_short() {
         assert_eq!(array.as_array().unwrap(), &lines, "{style}");
     }
 }
+
+#[test]
+fn man_pages_and_completions_cover_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = bpi(&["generate-docs", "--out", dir.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let man = dir.path().join("man/man1");
+    for page in ["bpi-os.1", "bpi-os-ledger-verify.1", "bpi-os-nxos-trust-update.1", "bpi-os-store-init.1", "bpi-os-install.1"] {
+        let text = std::fs::read_to_string(man.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".SH OPTIONS") || text.contains(".SH SUBCOMMANDS"), "{page}");
+    }
+    // The hidden generator documents nothing of itself.
+    assert!(!man.join("bpi-os-generate-docs.1").exists());
+    let bash = std::fs::read_to_string(dir.path().join("bash-completion/completions/bpi-os")).unwrap();
+    assert!(bash.contains("subcmd__nxos__subcmd__route") && bash.contains("--json"), "bash completion lacks nxos route");
+    assert!(dir.path().join("zsh/vendor-completions/_bpi-os").is_file());
+    assert!(dir.path().join("fish/vendor_completions.d/bpi-os.fish").is_file());
+}

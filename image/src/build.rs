@@ -72,6 +72,7 @@ pub fn build(opts: &BuildOptions, steps: &Steps) -> Result<Manifest> {
                 base_tar: &base_tar,
                 binary: &opts.binary,
                 overlay_dir: &opts.source_dir.join("rootfs-overlay"),
+                source_dir: &opts.source_dir,
                 version: &opts.version,
                 epoch,
             },

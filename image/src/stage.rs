@@ -16,6 +16,8 @@ pub struct StageInputs<'a> {
     pub base_tar: &'a Path,
     pub binary: &'a Path,
     pub overlay_dir: &'a Path,
+    /// The source tree's README.md, LICENSE and docs/, shipped in /usr/share/doc/bpi-os.
+    pub source_dir: &'a Path,
     pub version: &'a str,
     pub epoch: u64,
 }
@@ -75,6 +77,7 @@ pub fn compose(inp: &StageInputs, root: &Path, boot_out: &Path) -> Result<BootFi
     std::fs::write(root.join("etc/hostname"), b"bpi-os\n")?;
 
     install_file(inp.binary, &root.join("usr/bin/bpi-os"), 0o755)?;
+    ship_docs(inp.binary, inp.source_dir, root)?;
     write(&root.join("usr/lib/os-release"), os_release(inp.version).as_bytes(), 0o644)?;
     let _ = std::fs::remove_file(root.join("etc/os-release"));
     std::os::unix::fs::symlink("../usr/lib/os-release", root.join("etc/os-release"))?;
@@ -106,6 +109,21 @@ pub fn compose(inp: &StageInputs, root: &Path, boot_out: &Path) -> Result<BootFi
     }
     clamp_mtimes(root, inp.epoch)?;
     Ok(boot)
+}
+
+/// The documentation a node carries: README, LICENSE and docs/ under
+/// /usr/share/doc/bpi-os, and the man pages and shell completions the binary
+/// generates from its own command definition.
+fn ship_docs(binary: &Path, source: &Path, root: &Path) -> Result<()> {
+    let doc = root.join("usr/share/doc/bpi-os");
+    create_dirs(&doc, 0o755)?;
+    for f in ["README.md", "LICENSE"] {
+        install_file(&source.join(f), &doc.join(f), 0o644)?;
+    }
+    create_dirs(&doc.join("docs"), 0o755)?;
+    copy_tree(&source.join("docs"), &doc.join("docs"))?;
+    Cmd::new(binary).arg("generate-docs").arg("--out").arg(root.join("usr/share")).run()?;
+    Ok(())
 }
 
 fn take_boot_files(root: &Path, out: &Path) -> Result<BootFiles> {

@@ -64,6 +64,12 @@ fn boots_read_only_verity_root_and_keeps_state_across_reboot() -> Result<()> {
     ensure!(status["verity"]["active"] == true, "status: {status}");
     ensure!(status["verity"]["state"] == "verified", "status: {status}");
     ensure!(status["data"]["mounted"] == true, "status: {status}");
+    // The documentation a node carries: docs, man pages and completions made
+    // from the binary's own command definition.
+    vm.sh("test -s /usr/share/doc/bpi-os/README.md && test -s /usr/share/doc/bpi-os/docs/cli.md && test -s /usr/share/doc/bpi-os/LICENSE")?;
+    let man = vm.sh("ls /usr/share/man/man1 | grep -c '^bpi-os.*\\.1$'; grep -c 'subcmd__ledger' /usr/share/bash-completion/completions/bpi-os")?;
+    ensure!(man.lines().next().and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n >= 30), "man pages missing in the guest: {man}");
+    ensure!(man.lines().nth(1).is_some_and(|n| n != "0"), "bash completion does not know `ledger`: {man}");
 
     // The /bpi tree with the modes of DESIGN.md.
     let paths: Vec<&str> = layout::dirs(&[Home::Image, Home::Data, Home::Runtime]).map(|d| d.path).collect();
