@@ -36,24 +36,34 @@ pub struct Source {
 pub enum LinkCommand {
     /// Set what is given; the rest keeps its current value.
     Update {
+        /// One end of the link (a node id).
         #[arg(long)]
         a: String,
+        /// The other end.
         #[arg(long)]
         b: String,
+        /// New latency, in milliseconds.
         #[arg(long)]
         latency_ms: Option<f64>,
+        /// New bandwidth, in Mbit/s.
         #[arg(long)]
         bandwidth_mbps: Option<f64>,
+        /// New loss ratio, 0..1.
         #[arg(long)]
         loss: Option<f64>,
+        /// New carbon cost per unit of traffic.
         #[arg(long)]
         carbon: Option<f64>,
+        /// Take the link down (paths avoid it).
         #[arg(long, conflicts_with = "up")]
         down: bool,
+        /// Bring the link back up.
         #[arg(long)]
         up: bool,
+        /// The control daemon's bus (default: the system bus).
         #[arg(long, value_name = "ADDRESS")]
         bus: Option<String>,
+        /// Print the link as it would be and change nothing.
         #[arg(long)]
         dry_run: bool,
         #[command(flatten)]
@@ -65,6 +75,7 @@ pub enum LinkCommand {
 pub enum PolicyCommand {
     /// Check an intent policy file; errors name the file, line and key (exit 3).
     Check {
+        /// The policy file (TOML).
         file: PathBuf,
         #[command(flatten)]
         json: Json,
@@ -75,13 +86,16 @@ pub enum PolicyCommand {
 pub enum ControlCommand {
     /// Run the control plane daemon (bpi-drx-control.service).
     Serve {
+        /// The Meta-RIB: nodes, links and settings (TOML).
         #[arg(long, value_name = "FILE", default_value = DEFAULT_TOPOLOGY)]
         topology: PathBuf,
+        /// Intent policies: a file or a directory of *.toml.
         #[arg(long, value_name = "PATH", default_value = DEFAULT_POLICIES)]
         policies: PathBuf,
         /// Members of this group may change trust and links, as root may.
         #[arg(long)]
         admin_group: Option<String>,
+        /// A D-Bus address instead of the system bus (tests).
         #[arg(long, value_name = "ADDRESS")]
         bus: Option<String>,
     },

@@ -46,6 +46,7 @@ pub enum LedgerCommand {
     Show {
         #[command(flatten)]
         store: StoreArg,
+        /// Only blocks of this category (see `ledger append --help` for the known ones).
         #[arg(long)]
         category: Option<String>,
         /// First height (inclusive).
@@ -83,8 +84,10 @@ pub enum LedgerCommand {
     Append {
         #[command(flatten)]
         store: StoreArg,
+        /// What kind of operation: auth, bridge, connection, ebpf, filesystem, interface, mount, network, policy, port, settings, storage, trust, user.
         #[arg(long)]
         category: String,
+        /// What was done (created, deleted, update, ...).
         #[arg(long)]
         action: String,
         /// The operation's data, a JSON object.
@@ -106,6 +109,7 @@ pub enum LedgerCommand {
     Proof {
         #[command(flatten)]
         store: StoreArg,
+        /// The height of the block to prove included.
         #[arg(long, conflicts_with = "consistency", required_unless_present = "consistency")]
         height: Option<u64>,
         /// The older tree size of a consistency proof.
@@ -121,8 +125,10 @@ pub enum LedgerCommand {
     Export {
         #[command(flatten)]
         store: StoreArg,
+        /// First height (inclusive).
         #[arg(long)]
         from: Option<u64>,
+        /// Last height (inclusive).
         #[arg(long)]
         to: Option<u64>,
         /// Write here instead of stdout.
@@ -135,6 +141,7 @@ pub enum LedgerCommand {
     Serve {
         #[command(flatten)]
         store: StoreArg,
+        /// The checkpoint signing key (default: the store's, in the encrypted store when there is one).
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
         /// A group whose members may append, besides root.

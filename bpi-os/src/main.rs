@@ -46,6 +46,7 @@ enum Command {
     /// Write the man pages and shell completions under DIR (a usr/share); the image build runs it.
     #[command(hide = true)]
     GenerateDocs {
+        /// The directory to write into (a usr/share: man/, bash-completion/, zsh/, fish/).
         #[arg(long, value_name = "DIR")]
         out: std::path::PathBuf,
     },
@@ -73,5 +74,32 @@ fn main() {
     if let Err(e) = result {
         bpi_support::progress::error("bpi-os", &format!("{e:#}"));
         std::process::exit(bpi_support::exit::code_of(&e));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every argument of every command says what it is for.
+    #[test]
+    fn every_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" || a.is_hide_set() {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} --{}", a.get_long().unwrap_or(id)));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "bpi-os", &mut missing);
+        assert!(missing.is_empty(), "flags without help:\n  {}", missing.join("\n  "));
     }
 }

@@ -16,7 +16,7 @@ use bpi_drx_data::{
     tables::Tables,
     DEFAULT_PIN_DIR,
 };
-use clap::{Args, Subcommand};
+use clap::{builder::TypedValueParser, Args, Subcommand};
 use serde_json::json;
 
 use crate::{control, ledger::record};
@@ -52,8 +52,10 @@ enum NxosCommand {
     },
     /// Nodes, links, trust scores and the routing table.
     Topology {
+        /// With each node's trust score and whether it is blacklisted.
         #[arg(long)]
         trust_scores: bool,
+        /// With the routing table from the local node.
         #[arg(long)]
         routing_table: bool,
         #[command(flatten)]
@@ -71,13 +73,16 @@ enum NxosCommand {
     /// The best path and backups between two nodes, under an intent's
     /// constraints; or, with --path, check a path given by hand.
     Route {
+        /// The source node.
         #[arg(long, required_unless_present = "path", conflicts_with = "path")]
         from: Option<String>,
+        /// The destination node.
         #[arg(long, required_unless_present = "path", conflicts_with = "path")]
         to: Option<String>,
         /// Node ids, comma-separated: check this path instead of searching.
         #[arg(long, value_delimiter = ',')]
         path: Option<Vec<String>>,
+        /// The intent whose constraints apply (see `nxos policy check`).
         #[arg(long)]
         intent: Option<String>,
         /// Backup paths (default: the intent's, else the topology's).
@@ -109,15 +114,19 @@ enum NxosCommand {
 enum EbpfCommand {
     /// Attach a program to an interface (or to every interface in --config).
     Load {
+        /// The XDP program to attach (only xdp_trust_routing ships).
         #[arg(long, default_value = "xdp_trust_routing")]
         program: String,
+        /// The network interface to attach to.
         #[arg(long, required_unless_present = "config", conflicts_with = "config")]
         interface: Option<String>,
-        #[arg(long, default_value = "native")]
+        /// Where the program runs: in the driver (native) or in the kernel's receive path (generic; any interface).
+        #[arg(long, default_value = "native", value_parser = clap::builder::PossibleValuesParser::new(["native", "generic"]).try_map(|s| s.parse::<Mode>()))]
         mode: Mode,
         /// Interfaces, mode and settings from this file (bpi-drx-data.service uses /bpi/config/system/drx-data.toml).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Print what would be attached and change nothing.
         #[arg(long)]
         dry_run: bool,
         #[command(flatten)]
@@ -125,8 +134,10 @@ enum EbpfCommand {
     },
     /// Detach our program from an interface, or from all of them.
     Unload {
+        /// The interface to detach from.
         #[arg(long, required_unless_present = "all", conflicts_with = "all")]
         interface: Option<String>,
+        /// Detach from every interface bpi-os attached to.
         #[arg(long)]
         all: bool,
         /// Print what would be detached and change nothing.
@@ -148,11 +159,13 @@ enum TrustCommand {
     /// With bpi-drx-control.service running it takes node names and recomputes
     /// routes; without it, data-plane node numbers straight into the maps.
     Update {
+        /// A node: its name (through the control daemon) or its data-plane number.
         #[arg(long = "node-id", required = true)]
         node_ids: Vec<String>,
         /// The control daemon's bus (default: the system bus).
         #[arg(long, value_name = "ADDRESS")]
         bus: Option<String>,
+        /// Its trust score, 0..1 (the same count as --node-id, in order).
         #[arg(long = "score", required = true, allow_negative_numbers = true)]
         scores: Vec<String>,
         #[command(flatten)]
@@ -160,8 +173,10 @@ enum TrustCommand {
     },
     /// Map prefixes to nodes; repeat --prefix/--node-id for one atomic batch.
     Map {
+        /// An IPv4 or IPv6 prefix (address/length).
         #[arg(long = "prefix", required = true)]
         prefixes: Vec<String>,
+        /// The data-plane number of the node the prefix belongs to (the same count as --prefix).
         #[arg(long = "node-id", required = true)]
         node_ids: Vec<u32>,
         #[command(flatten)]
@@ -169,6 +184,7 @@ enum TrustCommand {
     },
     /// Remove prefixes.
     Unmap {
+        /// A prefix to remove (repeat for more).
         #[arg(long = "prefix", required = true)]
         prefixes: Vec<String>,
         #[command(flatten)]
@@ -176,6 +192,7 @@ enum TrustCommand {
     },
     /// Remove nodes' scores (their prefixes then count as unknown).
     Remove {
+        /// The data-plane number of a node to remove (repeat for more).
         #[arg(long = "node-id", required = true)]
         node_ids: Vec<u32>,
         #[command(flatten)]
@@ -187,10 +204,10 @@ enum TrustCommand {
         #[arg(long)]
         threshold: Option<String>,
         /// Verdict for destinations no prefix covers: pass or drop.
-        #[arg(long)]
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["pass", "drop"]).try_map(|s| s.parse::<Verdict>()))]
         unknown_verdict: Option<Verdict>,
         /// Verdict for frames the program cannot parse: pass or drop.
-        #[arg(long)]
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["pass", "drop"]).try_map(|s| s.parse::<Verdict>()))]
         default_verdict: Option<Verdict>,
         /// The exact-match cache in front of the tries: on or off.
         #[arg(long)]

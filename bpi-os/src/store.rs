@@ -12,8 +12,10 @@ use clap::Subcommand;
 pub enum StoreCommand {
     /// Create the encrypted store (LUKS2; TPM2-sealed key where there is a TPM2, and a recovery key).
     Init {
+        /// The store's partition (found by its GPT label).
         #[arg(long, default_value = store::DEFAULT_DEVICE)]
         device: PathBuf,
+        /// Seal the key to this machine's TPM2: auto (when there is one), yes, no.
         #[arg(long, value_enum, default_value = "auto")]
         tpm2: Tpm2,
         /// PCRs to seal against, '+'-separated (see docs/install.md on resealing).
@@ -37,6 +39,7 @@ pub enum StoreCommand {
     },
     /// Whether there is a store, how it is protected, whether it is open.
     Status {
+        /// The store's partition (found by its GPT label).
         #[arg(long, default_value = store::DEFAULT_DEVICE)]
         device: PathBuf,
         #[command(flatten)]
@@ -44,8 +47,10 @@ pub enum StoreCommand {
     },
     /// Open (TPM2, or the recovery key) and mount at /bpi/data/encrypted.
     Unlock {
+        /// The store's partition (found by its GPT label).
         #[arg(long, default_value = store::DEFAULT_DEVICE)]
         device: PathBuf,
+        /// Unlock with the recovery key (or any enrolled key) in this file.
         #[arg(long, value_name = "PATH", conflicts_with = "passphrase")]
         recovery_key_file: Option<PathBuf>,
         /// Unlock with the passphrase (asked for, or read from stdin).
@@ -58,6 +63,7 @@ pub enum StoreCommand {
     Lock,
     /// Exit 0 when the store can unlock without a person (LUKS with a TPM2 token), 4 otherwise.
     Probe {
+        /// The store's partition (found by its GPT label).
         #[arg(long, default_value = store::DEFAULT_DEVICE)]
         device: PathBuf,
         #[command(flatten)]
