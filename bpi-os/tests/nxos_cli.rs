@@ -20,7 +20,7 @@ fn bad_input_is_refused_before_anything_changes() {
     let cases: &[(&[&str], &str)] = &[
         (&["ebpf", "load", "--program", "xdp_nope", "--interface", "lo"], "unknown program 'xdp_nope'"),
         (&["ebpf", "load", "--interface", "nosuch0"], "no network interface named 'nosuch0'"),
-        (&["ebpf", "load", "--interface", "lo", "--mode", "turbo"], "mode 'turbo'"),
+        (&["ebpf", "load", "--interface", "lo", "--mode", "turbo"], "invalid value 'turbo' for '--mode"),
         (&["trust", "update", "--node-id", "1", "--score", "1.2"], "outside 0..1"),
         (&["trust", "update", "--node-id", "1", "--score", "NaN"], "not a finite number"),
         (&["trust", "update", "--node-id", "1", "--score", "-0.5"], "outside 0..1"),
