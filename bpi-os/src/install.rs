@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use bpi_installer::install::{self, DiskRequest, Prepared, StoreRequest};
 use bpi_installer::target::{self, Allow};
-use bpi_installer::{disk, store};
+use bpi_installer::disk;
 use bpi_support::Steps;
 use clap::Args;
 
@@ -41,18 +41,9 @@ pub struct InstallArgs {
     state_dir: PathBuf,
     #[command(flatten)]
     json: Json,
-    /// Seal the encrypted store's key to this machine's TPM2.
-    #[arg(long, value_enum, default_value = "auto")]
-    tpm2: store::Tpm2,
-    /// PCRs the TPM2 key is sealed against, '+'-separated.
-    #[arg(long, default_value = "7")]
-    tpm2_pcrs: String,
-    /// Write the store's recovery key here (must not exist) instead of showing it.
-    #[arg(long, value_name = "PATH")]
-    recovery_key_file: Option<PathBuf>,
-    /// Also enroll a passphrase for the store (asked for on the terminal, else read from stdin).
-    #[arg(long)]
-    passphrase: bool,
+    /// How the encrypted store is keyed.
+    #[command(flatten)]
+    keys: crate::store::KeyFlags,
     /// Make no encrypted store now (`bpi-os store init` on the installed system makes it later).
     #[arg(long, conflicts_with_all = ["recovery_key_file", "passphrase"])]
     no_store: bool,
@@ -70,15 +61,15 @@ fn install_disk(dev: &Path, a: &InstallArgs) -> Result<()> {
     let steps = Steps::new("install");
     let image = a.image.as_deref().context("--image PATH is needed with --disk")?;
     let store = (!a.no_store).then(|| StoreRequest {
-        tpm2: a.tpm2,
-        pcrs: a.tpm2_pcrs.clone(),
-        recovery_key_file: a.recovery_key_file.clone(),
-        passphrase: a.passphrase,
+        tpm2: a.keys.tpm2,
+        pcrs: a.keys.tpm2_pcrs.clone(),
+        recovery_key_file: a.keys.recovery_key_file.clone(),
+        passphrase: a.keys.passphrase,
     });
     let req = DiskRequest { disk: dev, image, allow: Allow { force: a.force, file: a.allow_file }, state_dir: &a.state_dir, store };
     let checked = install::check(&req)?;
     // Asked before anything is checksummed or written.
-    let pass = if a.passphrase && !a.dry_run { Some(crate::store::read_passphrase(true)?) } else { None };
+    let pass = if a.keys.passphrase && !a.dry_run { Some(crate::store::read_passphrase(true)?) } else { None };
     let Prepared { target: t, plan, state_file } = install::prepare(&req, checked, &steps)?;
     if a.dry_run {
         if a.json.on() {

@@ -6,7 +6,24 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use bpi_support::exit::Failure;
 use bpi_installer::store::{self, InitOptions, InitPlan, Key, Tpm2, When};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
+
+/// How a new store is keyed: `store init` and `install` take the same flags.
+#[derive(Args, Clone, Debug)]
+pub struct KeyFlags {
+    /// Seal the key to this machine's TPM2: auto (when there is one), yes, no.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub tpm2: Tpm2,
+    /// PCRs to seal against, '+'-separated (see docs/install.md on resealing).
+    #[arg(long, default_value = "7")]
+    pub tpm2_pcrs: String,
+    /// Write the recovery key here (must not exist) instead of showing it.
+    #[arg(long, value_name = "PATH")]
+    pub recovery_key_file: Option<PathBuf>,
+    /// Also enroll a passphrase, asked for on the terminal (read from stdin otherwise).
+    #[arg(long)]
+    pub passphrase: bool,
+}
 
 #[derive(Subcommand)]
 pub enum StoreCommand {
@@ -15,18 +32,8 @@ pub enum StoreCommand {
         /// The store's partition (found by its GPT label).
         #[arg(long, default_value = store::DEFAULT_DEVICE)]
         device: PathBuf,
-        /// Seal the key to this machine's TPM2: auto (when there is one), yes, no.
-        #[arg(long, value_enum, default_value = "auto")]
-        tpm2: Tpm2,
-        /// PCRs to seal against, '+'-separated (see docs/install.md on resealing).
-        #[arg(long, default_value = "7")]
-        tpm2_pcrs: String,
-        /// Write the recovery key here (must not exist) instead of showing it.
-        #[arg(long, value_name = "PATH")]
-        recovery_key_file: Option<PathBuf>,
-        /// Also enroll a passphrase, asked for on the terminal (read from stdin otherwise).
-        #[arg(long)]
-        passphrase: bool,
+        #[command(flatten)]
+        keys: KeyFlags,
         /// Print the plan and change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -73,7 +80,7 @@ pub enum StoreCommand {
 
 pub fn run(cmd: StoreCommand) -> Result<()> {
     match cmd {
-        StoreCommand::Init { device, tpm2, tpm2_pcrs, recovery_key_file, passphrase, dry_run, first_boot, json } => {
+        StoreCommand::Init { device, keys: KeyFlags { tpm2, tpm2_pcrs, recovery_key_file, passphrase }, dry_run, first_boot, json } => {
             let when = if first_boot { When::FirstBoot } else { When::Now };
             let pass = if passphrase && !dry_run { Some(read_passphrase(true)?) } else { None };
             let opts = InitOptions {
