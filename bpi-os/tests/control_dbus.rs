@@ -61,9 +61,12 @@ fn control_plane_over_dbus_recomputes_and_writes_the_data_plane() {
     assert_eq!(r["answer"], "no_path");
     assert_eq!(r["constraint"], "latency_budget");
 
-    // Nobody may not change trust; the policy stops it, and nothing changes.
+    // Nobody may not change trust; the bus policy itself stops it (its own
+    // message, not the service's), and nothing changes.
+    common::check_policy_against_service(&bus, "org.bpi.os.Control1", "/org/bpi/os/Control1", &repo("units/dbus/org.bpi.os.Control1.conf"), bpi_drx_control::service::ADMIN_METHODS);
     let denied = cli(&s, Some(NOBODY), &["nxos", "trust", "update", "--node-id", "transit-b", "--score", "0.1", "--bus", b]);
-    assert!(!denied.status.success() && text(&denied).contains("AccessDenied"), "{}", text(&denied));
+    assert!(!denied.status.success() && text(&denied).contains("Rejected send message"), "{}", text(&denied));
+    assert!(text(&denied).contains("member=\"trust_update\""), "{}", text(&denied));
     let metrics = |who| json(&cli(&s, who, &["nxos", "metrics", "--json", "--bus", b]));
     assert_eq!(metrics(Some(NOBODY))["changes"], 0);
 
@@ -89,7 +92,7 @@ fn control_plane_over_dbus_recomputes_and_writes_the_data_plane() {
 
     // A link taken down moves the route; nobody may not do it.
     let denied = cli(&s, Some(NOBODY), &["nxos", "link", "update", "--a", "core-c", "--b", "dc-d", "--down", "--bus", b]);
-    assert!(!denied.status.success() && text(&denied).contains("AccessDenied"), "{}", text(&denied));
+    assert!(!denied.status.success() && text(&denied).contains("Rejected send message"), "{}", text(&denied));
     let out = cli(&s, None, &["nxos", "link", "update", "--a", "core-c", "--b", "dc-d", "--down", "--bus", b]);
     assert!(out.status.success(), "{}", text(&out));
     let r = json(&cli(&s, None, &["nxos", "route", "--from", "edge-a", "--to", "dc-d", "--json", "--bus", b]));
@@ -141,4 +144,34 @@ fn policy_check_names_file_line_and_key() {
     std::fs::write(&bad, "[[intent]]\nname = \"x\"\n\ncarbon_max = -2\n").unwrap();
     let out = cli(&s, None, &["nxos", "policy", "check", bad.to_str().unwrap()]);
     assert!(!out.status.success() && text(&out).contains("bad.toml:4") && text(&out).contains("carbon_max"), "{}", text(&out));
+}
+
+/// On a bus whose policy allows everything, the service refuses `nobody` by itself.
+#[test]
+fn the_service_refuses_unprivileged_changes_without_the_policy() {
+    if !can_run() {
+        return;
+    }
+    let s = scratch();
+    let bus = start_bus(&s, &[]);
+    let topology = repo("docs/examples/topology.toml");
+    let policies = repo("rootfs-overlay/bpi/config/policies/intent-policies");
+    let nopins = s.dir.path().join("no-pins");
+    let svc = common::serve(
+        &s,
+        &["nxos", "--pin-dir", nopins.to_str().unwrap(), "control", "serve", "--topology", topology.to_str().unwrap(), "--policies", policies.to_str().unwrap(), "--bus", &bus.address],
+    );
+    let b = bus.address.as_str();
+    for args in [
+        vec!["nxos", "trust", "update", "--node-id", "transit-b", "--score", "0.1", "--bus", b],
+        vec!["nxos", "link", "update", "--a", "core-c", "--b", "dc-d", "--down", "--bus", b],
+    ] {
+        let denied = cli(&s, Some(NOBODY), &args);
+        let t = text(&denied);
+        assert!(!denied.status.success() && t.contains("AccessDenied") && t.contains("allowed to root"), "{args:?}: {t}");
+        assert!(!t.contains("Rejected send message"), "the allow-all bus refused it, not the service: {t}");
+    }
+    let m = json(&cli(&s, None, &["nxos", "metrics", "--json", "--bus", b]));
+    assert_eq!(m["changes"], 0);
+    assert!(svc.stop().success());
 }

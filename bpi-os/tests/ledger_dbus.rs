@@ -52,6 +52,7 @@ fn with_the_shipped_policy_anyone_queries_and_only_root_appends() {
     let bus = start_bus(&s, &[&policy_file()]);
     let store = s.dir.path().join("store");
     let svc = serve(&s, &bus, &store, &[]);
+    common::check_policy_against_service(&bus, "org.bpi.os.Ledger1", "/org/bpi/os/Ledger1", &policy_file(), bpi_ledger::service::ADMIN_METHODS);
 
     // The seed's example record (section 9.1.1), by root through the CLI.
     let o = cli(&s, None, &["ledger", "append", "--bus", &bus.address, "--category", "bridge", "--action", "created", "--data", SEED_EXAMPLE]);

@@ -167,3 +167,30 @@ pub fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
+
+/// The bus policy and the running service agree: every member the policy
+/// file names is a method the service exports, and each of the service's
+/// admin methods is denied to everyone and allowed to bpi-admin by name.
+pub fn check_policy_against_service(bus: &Bus, dest: &str, path: &str, policy: &Path, admin_methods: &[&str]) {
+    let o = Command::new("dbus-send")
+        .arg(format!("--bus={}", bus.address))
+        .args(["--print-reply=literal", &format!("--dest={dest}"), path, "org.freedesktop.DBus.Introspectable.Introspect"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "introspecting {dest}: {}", text(&o));
+    let xml = String::from_utf8_lossy(&o.stdout).to_string();
+    let iface = &xml[xml.find(&format!("<interface name=\"{dest}\">")).unwrap_or_else(|| panic!("{dest} does not export its interface: {xml}"))..];
+    let iface = &iface[..iface.find("</interface>").unwrap()];
+    let methods: Vec<&str> = iface.split("<method name=\"").skip(1).filter_map(|m| m.split('"').next()).collect();
+    let conf = std::fs::read_to_string(policy).unwrap();
+    for member in conf.split("send_member=\"").skip(1).filter_map(|m| m.split('"').next()) {
+        assert!(methods.contains(&member), "{} names {member}, which {dest} does not export (it exports {methods:?})", policy.display());
+    }
+    let default = &conf[conf.find("<policy context=\"default\">").unwrap()..];
+    let admins = &conf[conf.find("<policy group=\"bpi-admin\">").unwrap()..];
+    for m in admin_methods {
+        assert!(methods.contains(m), "{dest} does not export its admin method {m}: {methods:?}");
+        assert!(default[..default.find("</policy>").unwrap()].contains(&format!("<deny send_destination=\"{dest}\" send_interface=\"{dest}\" send_member=\"{m}\"/>")), "the policy does not deny {m}");
+        assert!(admins[..admins.find("</policy>").unwrap()].contains(&format!("send_member=\"{m}\"/>")), "the policy does not allow {m} to bpi-admin");
+    }
+}

@@ -12,6 +12,10 @@ use crate::engine::Engine;
 
 pub const BUS_NAME: &str = "org.bpi.os.Control1";
 pub const OBJECT_PATH: &str = "/org/bpi/os/Control1";
+/// The methods that change state: root and the admin group only, denied to
+/// everyone else by the bus policy (units/dbus/org.bpi.os.Control1.conf,
+/// checked against this list by a test) and refused again by the service.
+pub const ADMIN_METHODS: &[&str] = &["trust_update", "link_update"];
 
 pub struct ControlService {
     engine: Arc<Mutex<Engine>>,
@@ -43,16 +47,19 @@ impl ControlService {
 
 #[interface(name = "org.bpi.os.Control1")]
 impl ControlService {
+    #[zbus(name = "ping")]
     fn ping(&self) -> String {
         "pong".into()
     }
 
     /// Nodes and links as JSON, with trust scores and the routing table if asked.
+    #[zbus(name = "topology")]
     fn topology(&self, trust_scores: bool, routing_table: bool) -> fdo::Result<String> {
         Ok(self.engine()?.topology_json(trust_scores, routing_table).to_string())
     }
 
     /// Best path and backups (JSON); intent "" for none, backups < 0 for the default.
+    #[zbus(name = "route")]
     fn route(&self, from: String, to: String, intent: String, backups: i32) -> fdo::Result<String> {
         let intent = (!intent.is_empty()).then_some(intent.as_str());
         let k = usize::try_from(backups).ok();
@@ -61,21 +68,25 @@ impl ControlService {
     }
 
     /// A hand-given path (node ids) checked: figures and whether it meets the intent.
+    #[zbus(name = "check_path")]
     fn check_path(&self, nodes: Vec<String>, intent: String) -> fdo::Result<String> {
         let intent = (!intent.is_empty()).then_some(intent.as_str());
         Ok(self.engine()?.check(&nodes, intent).map_err(invalid)?.to_string())
     }
 
+    #[zbus(name = "metrics")]
     fn metrics(&self) -> fdo::Result<String> {
         serde_json::to_string(&self.engine()?.metrics).map_err(|e| fdo::Error::Failed(e.to_string()))
     }
 
+    #[zbus(name = "trust_update")]
     async fn trust_update(&self, node: String, score: f64, #[zbus(header)] header: Header<'_>, #[zbus(connection)] conn: &Connection) -> fdo::Result<String> {
         self.admins.require(&header, conn, "changing trust").await?;
         self.change(move |e| e.trust_update(&node, score)).await
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[zbus(name = "link_update")]
     async fn link_update(
         &self,
         a: String,
@@ -95,13 +106,20 @@ impl ControlService {
 
 #[zbus::proxy(interface = "org.bpi.os.Control1", default_service = "org.bpi.os.Control1", default_path = "/org/bpi/os/Control1")]
 pub trait Control1 {
+    #[zbus(name = "ping")]
     fn ping(&self) -> zbus::Result<String>;
+    #[zbus(name = "topology")]
     fn topology(&self, trust_scores: bool, routing_table: bool) -> zbus::Result<String>;
+    #[zbus(name = "route")]
     fn route(&self, from: &str, to: &str, intent: &str, backups: i32) -> zbus::Result<String>;
+    #[zbus(name = "metrics")]
     fn metrics(&self) -> zbus::Result<String>;
+    #[zbus(name = "check_path")]
     fn check_path(&self, nodes: &[&str], intent: &str) -> zbus::Result<String>;
+    #[zbus(name = "trust_update")]
     fn trust_update(&self, node: &str, score: f64) -> zbus::Result<String>;
     #[allow(clippy::too_many_arguments)]
+    #[zbus(name = "link_update")]
     fn link_update(&self, a: &str, b: &str, latency_ms: f64, bandwidth_mbps: f64, loss: f64, carbon: f64, up: bool) -> zbus::Result<String>;
 }
 

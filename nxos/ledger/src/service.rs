@@ -21,6 +21,10 @@ use crate::{proof, verify};
 
 pub const BUS_NAME: &str = "org.bpi.os.Ledger1";
 pub const OBJECT_PATH: &str = "/org/bpi/os/Ledger1";
+/// The methods that change state: root and the admin group only, denied to
+/// everyone else by the bus policy (units/dbus/org.bpi.os.Ledger1.conf,
+/// checked against this list by a test) and refused again by the service.
+pub const ADMIN_METHODS: &[&str] = &["append", "checkpoint"];
 /// The most blocks one query answer carries; page with height ranges.
 pub const MAX_BLOCKS_PER_ANSWER: usize = 10_000;
 
