@@ -348,7 +348,11 @@ fn export(dir: &Path, from: Option<u64>, to: Option<u64>, output: Option<&Path>,
     }
     let mut sink: Box<dyn Write> = match output {
         Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                // A copy of the record is as private as the record: 0600 when made.
+                std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(p).with_context(|| format!("creating {}", p.display()))?
+            },
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };

@@ -94,6 +94,13 @@ fn commands_that_print_take_json_pretty_or_short() {
     let lines = bpi(&["ledger", "export", "--store", store]);
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&lines.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 3);
+    // A copy of the record, written to a file, is as private as the record.
+    let out = dir.path().join("export.jsonl");
+    let o = bpi(&["ledger", "export", "--store", store, "--output", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 3);
     for style in ["--json", "--json=short"] {
         let array = stdout_json(&["ledger", "export", "--store", store, style], OK);
         assert_eq!(array.as_array().unwrap(), &lines, "{style}");

@@ -250,6 +250,12 @@ fn an_install_killed_while_writing_finishes_on_rerun() {
     child.kill().unwrap();
     let status = child.wait().unwrap();
     assert!(!status.success(), "the install finished before it could be killed; the test proved nothing");
+    // The state file and its directory are root's alone, whatever the umask.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700, "the state directory");
+    let file = std::fs::read_dir(&state).unwrap().next().unwrap().unwrap().path();
+    assert_eq!(mode(&file), 0o600, "{}", file.display());
     // The first MiB is written last: the half-written disk has no partition table.
     let head = std::fs::read(&disk).unwrap();
     assert_eq!(bpi_installer::target::table_kind(&head[..1024]), None, "a partition table before the body was verified");

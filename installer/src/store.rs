@@ -292,8 +292,7 @@ pub fn apply(steps: &[Step], passphrase: Option<&str>) -> Result<Option<String>>
 /// A root-only directory on tmpfs for short-lived key files.
 fn private_run() -> Result<PathBuf> {
     let dir = PathBuf::from("/run/bpi-os/keys");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    bpi_support::fsmode::create_dirs(&dir, 0o700)?;
     Ok(dir)
 }
 
@@ -407,8 +406,7 @@ pub fn unlock(device: &Path, key: Key<'_>) -> Result<()> {
     // Whatever was kept in the plain directory moves into the store, then the
     // plain copies go: secrets must not stay readable beside the store.
     let staging = Path::new("/run/bpi-os/store-staging");
-    std::fs::create_dir_all(staging)?;
-    std::fs::set_permissions(staging, std::fs::Permissions::from_mode(0o700))?;
+    bpi_support::fsmode::create_dirs(staging, 0o700)?;
     Cmd::new("mount").arg(&mapped).arg(staging).run()?;
     let moved = move_contents(mount, staging);
     Cmd::new("umount").arg(staging).run()?;

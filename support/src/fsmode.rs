@@ -1,7 +1,8 @@
-//! Directories with the modes we mean, whatever the umask: mkdir(2) masks
-//! the mode it is given, so every directory created is chmod'ed after.
+//! Directories with the modes we mean, whatever the umask. Each is made with
+//! its mode (so it is never more open than meant, not even for a moment) and
+//! then set to it exactly (mkdir(2) masks the mode with the umask).
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
 /// Creates `path` and every missing parent with `mode`; directories that
@@ -13,7 +14,7 @@ pub fn create_dirs(path: &Path, mode: u32) -> std::io::Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_dirs(parent, mode)?;
     }
-    match std::fs::create_dir(path) {
+    match std::fs::DirBuilder::new().mode(mode).create(path) {
         Ok(()) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
         Err(e) => Err(std::io::Error::new(e.kind(), format!("creating {}: {e}", path.display()))),

@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{FlockOperation, IFlags};
@@ -107,8 +107,7 @@ pub fn load_or_make_key(path: &Path, origin: Option<&str>) -> Result<NoteSigner>
     let ctx = || format!("making the signing key {}", path.display());
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.exists() {
-            std::fs::create_dir_all(parent).ctx(ctx)?;
-            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700)).ctx(ctx)?;
+            bpi_support::fsmode::create_dirs(parent, 0o700).ctx(ctx)?;
         }
     }
     let mut seed = [0u8; 32];
