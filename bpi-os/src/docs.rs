@@ -14,7 +14,13 @@ pub fn generate(cmd: clap::Command, out: &Path) -> Result<Vec<PathBuf>> {
     let man = out.join("man/man1");
     bpi_support::fsmode::create_dirs(&man, 0o755)?;
     clap_mangen::generate_to(cmd.clone(), &man).with_context(|| format!("writing man pages to {}", man.display()))?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&man)?.map(|e| e.map(|e| e.path())).collect::<std::io::Result<_>>()?;
+    // Only our own pages: man1 of a root holds every other package's too.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&man)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<Vec<_>>>()?
+        .into_iter()
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("bpi-os") && n.ends_with(".1")))
+        .collect();
     for (shell, dir) in [(Shell::Bash, "bash-completion/completions"), (Shell::Zsh, "zsh/vendor-completions"), (Shell::Fish, "fish/vendor_completions.d")] {
         let dir = out.join(dir);
         bpi_support::fsmode::create_dirs(&dir, 0o755)?;

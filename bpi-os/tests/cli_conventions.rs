@@ -110,9 +110,15 @@ fn commands_that_print_take_json_pretty_or_short() {
 #[test]
 fn man_pages_and_completions_cover_every_command() {
     let dir = tempfile::tempdir().unwrap();
+    let man = dir.path().join("man/man1");
+    // A root's man1 holds other packages' pages, dangling links among them: left alone.
+    std::fs::create_dir_all(&man).unwrap();
+    std::fs::write(man.join("arch.1.gz"), b"other").unwrap();
+    std::os::unix::fs::symlink("test.1.gz", man.join("[.1.gz")).unwrap();
     let o = bpi(&["generate-docs", "--out", dir.path().to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let man = dir.path().join("man/man1");
+    assert_eq!(std::fs::read(man.join("arch.1.gz")).unwrap(), b"other");
+    assert!(String::from_utf8_lossy(&o.stdout).lines().all(|l| l.contains("bpi-os")), "it claims files not its own");
     for page in ["bpi-os.1", "bpi-os-ledger-verify.1", "bpi-os-nxos-trust-update.1", "bpi-os-store-init.1", "bpi-os-install.1"] {
         let text = std::fs::read_to_string(man.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
         assert!(text.contains(".SH OPTIONS") || text.contains(".SH SUBCOMMANDS"), "{page}");
