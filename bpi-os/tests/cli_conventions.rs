@@ -39,6 +39,10 @@ fn each_documented_exit_code_happens() {
     assert_eq!(code(&["ledger", "show", "--store", "/nonexistent/ledger"]), ERROR);
     assert_eq!(code(&["nxos", "policy", "check", "/nonexistent/policy.toml"]), ERROR);
     assert_eq!(code(&["nxos", "route", "--topology", topo, "--policies", pols, "--from", "edge-a", "--to", "nosuch"]), ERROR);
+    // A query may not ask for unbounded work (one search per backup).
+    let o = bpi(&["nxos", "route", "--topology", topo, "--policies", pols, "--from", "edge-a", "--to", "dc-d", "--backups", "100000"]);
+    assert_eq!(o.status.code(), Some(ERROR));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("backups: 100000 is outside 0..16"), "{}", String::from_utf8_lossy(&o.stderr));
 
     assert_eq!(code(&["--no-such-flag"]), USAGE);
     assert_eq!(code(&["nxos", "route", "--topology", topo]), USAGE);

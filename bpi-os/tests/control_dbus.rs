@@ -80,6 +80,9 @@ fn control_plane_over_dbus_recomputes_and_writes_the_data_plane() {
         let out = cli(&s, None, &full);
         assert!(!out.status.success() && text(&out).contains(want), "{want}: {}", text(&out));
     }
+    // Unbounded work is refused, to anyone; the daemon keeps answering.
+    let huge = cli(&s, Some(NOBODY), &["nxos", "route", "--from", "edge-a", "--to", "dc-d", "--backups", "2147483647", "--bus", b]);
+    assert!(!huge.status.success() && text(&huge).contains("InvalidArgs") && text(&huge).contains("outside 0..16"), "{}", text(&huge));
     let out = cli(&s, None, &["nxos", "route", "--from", "edge-a", "--to", "dc-d", "--intent", "nosuch", "--bus", b]);
     assert!(!out.status.success() && text(&out).contains("unknown intent 'nosuch'"), "{}", text(&out));
     assert_eq!(metrics(None)["changes"], 0);

@@ -30,9 +30,26 @@ pub fn scratch() -> Scratch {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = dir.path().join("bpi-os");
-    std::fs::copy(env!("CARGO_BIN_EXE_bpi-os"), &bin).unwrap();
+    // A hard link, not a copy: a copy is open for writing for a moment, and a
+    // process another test thread forks then holds that descriptor until it
+    // execs, so running the copy fails with ETXTBSY ("Text file busy").
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_bpi-os"), &bin).is_err() {
+        copy_then_wait_for_forks(&bin);
+    }
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     Scratch { dir, bin }
+}
+
+/// Across file systems: copy, then run the copy until no forked child still
+/// holds it open for writing.
+fn copy_then_wait_for_forks(bin: &Path) {
+    std::fs::copy(env!("CARGO_BIN_EXE_bpi-os"), bin).unwrap();
+    for _ in 0..100 {
+        match Command::new(bin).arg("--version").output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => std::thread::sleep(Duration::from_millis(20)),
+            _ => return,
+        }
+    }
 }
 
 pub struct Bus {

@@ -45,6 +45,11 @@ pub struct Link {
     pub up: bool,
 }
 
+/// The most backup paths any query, intent or topology may ask for: Yen's
+/// algorithm runs one search per backup, so an unbounded count is an
+/// unprivileged caller's way to wedge the daemon.
+pub const MAX_BACKUPS: usize = 16;
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ControlSettings {
     /// The node this machine is: the source of its routing table.
@@ -291,8 +296,8 @@ impl Topology {
                 settings.bandwidth_ref_mbps = field("bandwidth_ref_mbps", v, 1e-6, 1e12)?;
             }
             if let Some(v) = c.backups {
-                if !(0..=16).contains(&v) {
-                    bail!("{}: control.backups: {v} is outside 0..16", at(sec, "backups"));
+                if !(0..=MAX_BACKUPS as i64).contains(&v) {
+                    bail!("{}: control.backups: {v} is outside 0..{MAX_BACKUPS}", at(sec, "backups"));
                 }
                 settings.backups = v as usize;
             }

@@ -447,6 +447,9 @@ pub fn lookup(g: &Graph, id: &str) -> Result<u32> {
 
 /// The best path and up to `k` backups from `from` to `to` under `c`.
 pub fn route(g: &Graph, from: &str, to: &str, c: &Constraints, k: usize) -> Result<Answer> {
+    if k > crate::model::MAX_BACKUPS {
+        bail!("backups: {k} is outside 0..{}", crate::model::MAX_BACKUPS);
+    }
     let src = lookup(g, from)?;
     let dst = lookup(g, to)?;
     for (what, v) in [("trust_floor", c.trust_floor), ("latency_budget_ms", c.latency_budget_ms), ("min_bandwidth_mbps", c.min_bandwidth_mbps), ("carbon_max", c.carbon_max)] {

@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    model::{check_range, parse_section, sections, Attestation, Empty, Section},
+    model::{check_range, parse_section, sections, Attestation, Empty, Section, MAX_BACKUPS},
     path::Constraints,
 };
 
@@ -96,8 +96,8 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<Intent>> {
             }
         }
         let backups = match r.backups {
-            Some(b) if (0..=16).contains(&b) => Some(b as usize),
-            Some(b) => bail!("{}: intent '{}': backups: {b} is outside 0..16", at("backups"), r.name),
+            Some(b) if (0..=MAX_BACKUPS as i64).contains(&b) => Some(b as usize),
+            Some(b) => bail!("{}: intent '{}': backups: {b} is outside 0..{MAX_BACKUPS}", at("backups"), r.name),
             None => None,
         };
         out.push(Intent {
