@@ -37,7 +37,6 @@ pub fn error(program: &str, message: &str) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Priority {
     Err = 3,
-    Warning = 4,
     Notice = 5,
     Debug = 7,
 }
