@@ -5,6 +5,7 @@
 //! Keeping these in one place gives one log format and one error style.
 
 pub mod cmd;
+pub mod config;
 pub mod dbus;
 pub mod digest;
 pub mod exit;

@@ -73,7 +73,7 @@ fn random_topology(n: usize, seed: u64) -> Topology {
             prefixes: vec![],
             jurisdiction: juris[r.below(4)].into(),
             attestation: atts[r.below(3)],
-            inputs: inputs(&mut r),
+            inputs: Some(inputs(&mut r)),
             score_override: None,
         })
         .collect();
@@ -114,7 +114,7 @@ fn us(d: Duration) -> f64 {
 fn to_toml(t: &Topology) -> String {
     let mut s = String::from("[control]\nlocal = \"n0\"\n\n");
     for n in &t.nodes {
-        let i = &n.inputs;
+        let i = n.inputs.as_ref().expect("generated nodes have inputs");
         let _ = writeln!(
             s,
             "[[node]]\nid = \"{}\"\ndp_id = {}\njurisdiction = \"{}\"\nattestation = \"{}\"\nuptime = {}\nperformance = {}\nreputation = {}\nknown_vulnerabilities = {}\npatch_level = {}\nsecurity_incidents = {}\ncompliance = {}\n",

@@ -56,7 +56,7 @@ pub fn hop_cost(score: f64) -> u64 {
 
 /// A node's trust: the operator's override, else the computed score.
 pub fn node_trust(n: &crate::model::Node) -> f64 {
-    n.score_override.unwrap_or_else(|| trust_score(&n.inputs))
+    n.score_override.unwrap_or_else(|| n.inputs.as_ref().map_or(0.0, trust_score))
 }
 
 impl Graph {

@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{bail, Context, Result};
 use bpi_drx_data::prefix::Prefix;
+use bpi_support::config::{Source, Spanned};
 use serde::{Deserialize, Serialize};
 
 use crate::trust::TrustInputs;
@@ -27,8 +28,9 @@ pub struct Node {
     pub prefixes: Vec<Prefix>,
     pub jurisdiction: String,
     pub attestation: Attestation,
-    pub inputs: TrustInputs,
-    /// A score set by an operator (`trust update`), used instead of the inputs.
+    /// The seven trust inputs; a node given only a `score` has none.
+    pub inputs: Option<TrustInputs>,
+    /// A score set by an operator (`score` in the file, `trust update`), used instead of the inputs.
     pub score_override: Option<f64>,
 }
 
@@ -77,45 +79,44 @@ pub struct Topology {
     pub links: Vec<Link>,
 }
 
-struct RawFile<'a> {
-    control: Option<(RawControl, Section<'a>)>,
-    node: Vec<(RawNode, Section<'a>)>,
-    link: Vec<(RawLink, Section<'a>)>,
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    control: Option<RawControl>,
+    #[serde(default)]
+    node: Vec<RawNode>,
+    #[serde(default)]
+    link: Vec<RawLink>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawControl {
-    local: Option<String>,
-    blacklist_threshold: Option<f64>,
-    latency_ref_ms: Option<f64>,
-    bandwidth_ref_mbps: Option<f64>,
-    backups: Option<i64>,
+    local: Option<Spanned<String>>,
+    blacklist_threshold: Option<Spanned<f64>>,
+    latency_ref_ms: Option<Spanned<f64>>,
+    bandwidth_ref_mbps: Option<Spanned<f64>>,
+    backups: Option<Spanned<i64>>,
 }
 
+/// Each value the loader checks keeps its span, for the line of its error.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNode {
-    id: String,
-    dp_id: Option<i64>,
-    #[serde(default)]
-    prefixes: Vec<String>,
-    #[serde(default = "unknown_jurisdiction")]
-    jurisdiction: String,
+    id: Spanned<String>,
+    dp_id: Option<Spanned<i64>>,
+    prefixes: Option<Spanned<Vec<String>>>,
+    jurisdiction: Option<Spanned<String>>,
     #[serde(default = "no_attestation")]
     attestation: Attestation,
-    uptime: f64,
-    performance: f64,
-    reputation: f64,
-    known_vulnerabilities: f64,
-    patch_level: f64,
-    security_incidents: f64,
-    compliance: f64,
-    score: Option<f64>,
-}
-
-fn unknown_jurisdiction() -> String {
-    "unknown".into()
+    uptime: Option<Spanned<f64>>,
+    performance: Option<Spanned<f64>>,
+    reputation: Option<Spanned<f64>>,
+    known_vulnerabilities: Option<Spanned<f64>>,
+    patch_level: Option<Spanned<f64>>,
+    security_incidents: Option<Spanned<f64>>,
+    compliance: Option<Spanned<f64>>,
+    score: Option<Spanned<f64>>,
 }
 
 fn no_attestation() -> Attestation {
@@ -125,14 +126,12 @@ fn no_attestation() -> Attestation {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLink {
-    a: String,
-    b: String,
-    latency_ms: f64,
-    bandwidth_mbps: f64,
-    #[serde(default)]
-    loss: f64,
-    #[serde(default)]
-    carbon: f64,
+    a: Spanned<String>,
+    b: Spanned<String>,
+    latency_ms: Spanned<f64>,
+    bandwidth_mbps: Spanned<f64>,
+    loss: Option<Spanned<f64>>,
+    carbon: Option<Spanned<f64>>,
     #[serde(default = "yes")]
     up: bool,
 }
@@ -140,96 +139,6 @@ struct RawLink {
 fn yes() -> bool {
     true
 }
-
-/// One table of a TOML file: its header (None before the first), the line
-/// its body starts on (1-based) and the body's text (a slice of the file).
-pub struct Section<'a> {
-    pub header: Option<&'a str>,
-    pub first_line: usize,
-    pub body: &'a str,
-}
-
-impl Section<'_> {
-    /// The line (1-based) of the first body line `pred` accepts.
-    fn find(&self, pred: impl Fn(&str) -> bool) -> Option<usize> {
-        self.body.lines().position(|l| pred(l.trim())).map(|n| self.first_line + n)
-    }
-
-    /// The line of `key` in this table; the header's line when it is absent.
-    pub fn line_of(&self, key: &str) -> usize {
-        self.find(|l| l.split_once('=').is_some_and(|(k, _)| k.trim() == key)).unwrap_or(self.header_line())
-    }
-
-    /// The header's own line (line 1 for the text before any header).
-    pub fn header_line(&self) -> usize {
-        self.first_line.saturating_sub(1).max(1)
-    }
-}
-
-/// Splits a TOML file at its table headers (a header alone on its line), so
-/// each table is parsed alone: the parser then never holds the whole file as
-/// a document (a 10k-node Meta-RIB stays a few MB), and errors get exact lines.
-pub fn sections(text: &str) -> Vec<Section<'_>> {
-    let mut out = Vec::new();
-    let (mut header, mut first_line, mut start) = (None, 1, 0);
-    let mut offset = 0;
-    for (n, line) in text.split_inclusive('\n').enumerate() {
-        let t = line.trim();
-        if t.starts_with('[') && t.ends_with(']') {
-            out.push(Section { header, first_line, body: &text[start..offset] });
-            (header, first_line, start) = (Some(t), n + 2, offset + line.len());
-        }
-        offset += line.len();
-    }
-    out.push(Section { header, first_line, body: &text[start..] });
-    out
-}
-
-/// Parses one table's body as `T`; errors as `FILE:LINE: ...`.
-pub fn parse_section<T: serde::de::DeserializeOwned>(s: &Section<'_>, origin: &str) -> Result<T> {
-    basic_toml::from_str(s.body).map_err(|e| toml_error(s, origin, &e.to_string()))
-}
-
-/// A TOML error from one section, as `FILE:LINE: ...`: unknown keys and
-/// values are found on their own line, other errors keep the parser's line,
-/// moved by the section's offset.
-fn toml_error(s: &Section<'_>, origin: &str, err: &str) -> anyhow::Error {
-    let quoted = |marker: &str| err.split(marker).nth(1).and_then(|rest| rest.split('`').next()).map(str::to_string);
-    let line = if let Some(key) = quoted("unknown field `") {
-        s.line_of(&key)
-    } else if let Some(value) = quoted("unknown variant `") {
-        let want = format!("\"{value}\"");
-        s.find(|l| l.split_once('=').is_some_and(|(_, v)| v.split('#').next().unwrap_or("").trim() == want)).unwrap_or(s.header_line())
-    } else {
-        let n = err.split(" at line ").nth(1).and_then(|r| r.split_whitespace().next()?.parse::<usize>().ok());
-        s.first_line + n.unwrap_or(1).saturating_sub(1)
-    };
-    let detail = err.split(" for key ").next().unwrap_or(err).split(" at line ").next().unwrap_or(err).trim_end();
-    anyhow::anyhow!("{origin}:{line}: {detail}")
-}
-
-/// Reads the Meta-RIB section by section; each table keeps its section, for
-/// the lines of later errors.
-fn read_sections<'a>(text: &'a str, origin: &str) -> Result<RawFile<'a>> {
-    let mut raw = RawFile { control: None, node: Vec::new(), link: Vec::new() };
-    for s in sections(text) {
-        match s.header {
-            None => {
-                let _: Empty = parse_section(&s, origin)?;
-            }
-            Some("[control]") if raw.control.is_none() => raw.control = Some((parse_section(&s, origin)?, s)),
-            Some("[[node]]") => raw.node.push((parse_section(&s, origin)?, s)),
-            Some("[[link]]") => raw.link.push((parse_section(&s, origin)?, s)),
-            Some(h) => bail!("{origin}:{}: table {h} is not one of [control] (once), [[node]], [[link]]", s.header_line()),
-        }
-    }
-    Ok(raw)
-}
-
-/// Nothing may stand before the first table.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Empty {}
 
 /// Checks a number is finite and within `lo..=hi`.
 pub fn check_range(value: f64, lo: f64, hi: f64) -> std::result::Result<(), String> {
@@ -275,100 +184,124 @@ pub fn input_values(i: &TrustInputs) -> [f64; 7] {
     [i.uptime, i.performance, i.reputation, i.known_vulnerabilities, i.patch_level, i.security_incidents, i.compliance]
 }
 
+/// A number from the file, checked to lie within `lo..=hi`; errors name the line and key.
+fn ranged(src: &Source<'_>, what: &str, v: &Spanned<f64>, lo: f64, hi: f64) -> Result<f64> {
+    check_range(*v.get_ref(), lo, hi).map_err(|e| src.error(v, format!("{what}: {e}")))?;
+    Ok(*v.get_ref())
+}
+
+fn settings_of(src: &Source<'_>, c: &RawControl) -> Result<ControlSettings> {
+    let mut settings = ControlSettings { local: c.local.as_ref().map(|l| l.get_ref().clone()), ..ControlSettings::default() };
+    if let Some(v) = &c.blacklist_threshold {
+        settings.blacklist_threshold = ranged(src, "control.blacklist_threshold", v, 0.0, 1.0)?;
+    }
+    if let Some(v) = &c.latency_ref_ms {
+        settings.latency_ref_ms = ranged(src, "control.latency_ref_ms", v, 1e-6, 1e9)?;
+    }
+    if let Some(v) = &c.bandwidth_ref_mbps {
+        settings.bandwidth_ref_mbps = ranged(src, "control.bandwidth_ref_mbps", v, 1e-6, 1e12)?;
+    }
+    if let Some(b) = &c.backups {
+        let v = *b.get_ref();
+        if !(0..=MAX_BACKUPS as i64).contains(&v) {
+            return Err(src.error(b, format!("control.backups: {v} is outside 0..{MAX_BACKUPS}")));
+        }
+        settings.backups = v as usize;
+    }
+    Ok(settings)
+}
+
+/// The seven inputs, all of them, unless an operator's score stands instead.
+fn inputs_of(src: &Source<'_>, n: &RawNode, id: &str) -> Result<Option<TrustInputs>> {
+    let given = [&n.uptime, &n.performance, &n.reputation, &n.known_vulnerabilities, &n.patch_level, &n.security_incidents, &n.compliance];
+    let mut values = [0.0; 7];
+    for (((key, lo, hi), v), out) in INPUT_RANGES.iter().zip(given).zip(&mut values) {
+        match v {
+            Some(v) => *out = ranged(src, &format!("node '{id}': {key}"), v, *lo, *hi)?,
+            None if n.score.is_some() => {}
+            None => return Err(src.error(&n.id, format!("node '{id}': {key}: missing (give all seven trust inputs, or a score)"))),
+        }
+    }
+    if given.iter().all(|v| v.is_none()) {
+        return Ok(None);
+    }
+    if let Some(missing) = INPUT_RANGES.iter().zip(given).find(|(_, v)| v.is_none()) {
+        return Err(src.error(&n.id, format!("node '{id}': {}: missing (the trust inputs come all seven or not at all)", missing.0 .0)));
+    }
+    let [uptime, performance, reputation, known_vulnerabilities, patch_level, security_incidents, compliance] = values;
+    Ok(Some(TrustInputs { uptime, performance, reputation, known_vulnerabilities, patch_level, security_incidents, compliance }))
+}
+
 impl Topology {
     pub fn parse(text: &str, origin: &str) -> Result<Topology> {
-        let raw = read_sections(text, origin)?;
-        let at = |s: &Section<'_>, key: &str| format!("{origin}:{}", s.line_of(key));
-        let mut settings = ControlSettings::default();
-        if let Some((c, sec)) = &raw.control {
-            let field = |key: &str, v: f64, lo: f64, hi: f64| -> Result<f64> {
-                check_range(v, lo, hi).map_err(|e| anyhow::anyhow!("{}: control.{key}: {e}", at(sec, key)))?;
-                Ok(v)
-            };
-            settings.local = c.local.clone();
-            if let Some(v) = c.blacklist_threshold {
-                settings.blacklist_threshold = field("blacklist_threshold", v, 0.0, 1.0)?;
-            }
-            if let Some(v) = c.latency_ref_ms {
-                settings.latency_ref_ms = field("latency_ref_ms", v, 1e-6, 1e9)?;
-            }
-            if let Some(v) = c.bandwidth_ref_mbps {
-                settings.bandwidth_ref_mbps = field("bandwidth_ref_mbps", v, 1e-6, 1e12)?;
-            }
-            if let Some(v) = c.backups {
-                if !(0..=MAX_BACKUPS as i64).contains(&v) {
-                    bail!("{}: control.backups: {v} is outside 0..{MAX_BACKUPS}", at(sec, "backups"));
-                }
-                settings.backups = v as usize;
-            }
-        }
-        let mut nodes = Vec::new();
+        let src = Source::new(text, origin);
+        let raw: RawFile = src.parse()?;
+        let settings = match &raw.control {
+            Some(c) => settings_of(&src, c)?,
+            None => ControlSettings::default(),
+        };
+        let mut nodes = Vec::with_capacity(raw.node.len());
         let mut ids: BTreeMap<String, usize> = BTreeMap::new();
         let mut dp_ids: BTreeMap<u32, String> = BTreeMap::new();
-        for (i, (n, sec)) in raw.node.into_iter().enumerate() {
-            let here = |key: &str| at(&sec, key);
-            check_node_id(&n.id).map_err(|e| anyhow::anyhow!("{}: node.id: {e}", here("id")))?;
-            if ids.insert(n.id.clone(), i).is_some() {
-                bail!("{}: node.id: '{}' is defined twice", here("id"), n.id);
+        for (i, n) in raw.node.into_iter().enumerate() {
+            let id = n.id.get_ref().clone();
+            check_node_id(&id).map_err(|e| src.error(&n.id, format!("node.id: {e}")))?;
+            if ids.insert(id.clone(), i).is_some() {
+                return Err(src.error(&n.id, format!("node.id: '{id}' is defined twice")));
             }
-            let inputs = TrustInputs {
-                uptime: n.uptime,
-                performance: n.performance,
-                reputation: n.reputation,
-                known_vulnerabilities: n.known_vulnerabilities,
-                patch_level: n.patch_level,
-                security_incidents: n.security_incidents,
-                compliance: n.compliance,
+            let inputs = inputs_of(&src, &n, &id)?;
+            let score = n.score.as_ref().map(|s| ranged(&src, &format!("node '{id}': score"), s, 0.0, 1.0)).transpose()?;
+            let dp_id = match &n.dp_id {
+                Some(d) if (1..=i64::from(u32::MAX)).contains(d.get_ref()) => *d.get_ref() as u32,
+                Some(d) => return Err(src.error(d, format!("node '{id}': dp_id: {} is outside 1..{}", d.get_ref(), u32::MAX))),
+                None => default_dp_id(&id),
             };
-            for ((key, lo, hi), v) in INPUT_RANGES.iter().zip(input_values(&inputs)) {
-                check_range(v, *lo, *hi).map_err(|e| anyhow::anyhow!("{}: node '{}': {key}: {e}", here(key), n.id))?;
+            if let Some(other) = dp_ids.insert(dp_id, id.clone()) {
+                let at = n.dp_id.as_ref().map_or_else(|| src.at(n.id.span()), |d| src.at(d.span()));
+                bail!("{at}: node '{id}': dp_id {dp_id} is also node '{other}'s; set dp_id by hand");
             }
-            if let Some(s) = n.score {
-                check_range(s, 0.0, 1.0).map_err(|e| anyhow::anyhow!("{}: node '{}': score: {e}", here("score"), n.id))?;
-            }
-            let dp_id = match n.dp_id {
-                Some(d) if (1..=i64::from(u32::MAX)).contains(&d) => d as u32,
-                Some(d) => bail!("{}: node '{}': dp_id: {d} is outside 1..{}", here("dp_id"), n.id, u32::MAX),
-                None => default_dp_id(&n.id),
+            let prefixes = match &n.prefixes {
+                Some(list) => list
+                    .get_ref()
+                    .iter()
+                    .map(|p| p.parse::<Prefix>())
+                    .collect::<Result<Vec<_>>>()
+                    .map_err(|e| src.error(list, format!("node '{id}': prefixes: {e}")))?,
+                None => Vec::new(),
             };
-            if let Some(other) = dp_ids.insert(dp_id, n.id.clone()) {
-                bail!("{}: node '{}': dp_id {dp_id} is also node '{other}'s; set dp_id by hand", here("dp_id"), n.id);
-            }
-            let prefixes = n
-                .prefixes
-                .iter()
-                .map(|p| p.parse::<Prefix>())
-                .collect::<Result<Vec<_>>>()
-                .map_err(|e| anyhow::anyhow!("{}: node '{}': prefixes: {e}", here("prefixes"), n.id))?;
-            if n.jurisdiction.is_empty() {
-                bail!("{}: node '{}': jurisdiction: empty", here("jurisdiction"), n.id);
-            }
-            nodes.push(Node { id: n.id, dp_id, prefixes, jurisdiction: n.jurisdiction, attestation: n.attestation, inputs, score_override: n.score });
+            let jurisdiction = match &n.jurisdiction {
+                Some(j) if j.get_ref().is_empty() => return Err(src.error(j, format!("node '{id}': jurisdiction: empty"))),
+                Some(j) => j.get_ref().clone(),
+                None => "unknown".into(),
+            };
+            nodes.push(Node { id, dp_id, prefixes, jurisdiction, attestation: n.attestation, inputs, score_override: score });
         }
-        let mut links = Vec::new();
-        for (l, sec) in raw.link {
-            let here = |key: &str| at(&sec, key);
+        let mut links = Vec::with_capacity(raw.link.len());
+        for l in raw.link {
             for (key, end) in [("a", &l.a), ("b", &l.b)] {
-                if !ids.contains_key(end) {
-                    bail!("{}: link.{key}: no node '{end}'", here(key));
+                if !ids.contains_key(end.get_ref()) {
+                    return Err(src.error(end, format!("link.{key}: no node '{}'", end.get_ref())));
                 }
             }
-            if l.a == l.b {
-                bail!("{}: link: '{}' links to itself", here("b"), l.a);
+            let (a, b) = (l.a.get_ref().clone(), l.b.get_ref().clone());
+            if a == b {
+                return Err(src.error(&l.b, format!("link: '{a}' links to itself")));
             }
-            for (key, v, lo, hi) in [
-                ("latency_ms", l.latency_ms, 0.0, 1e9),
-                ("bandwidth_mbps", l.bandwidth_mbps, 0.0, 1e12),
-                ("loss", l.loss, 0.0, 1.0),
-                ("carbon", l.carbon, 0.0, 1e12),
-            ] {
-                check_range(v, lo, hi).map_err(|e| anyhow::anyhow!("{}: link {}-{}: {key}: {e}", here(key), l.a, l.b))?;
-            }
-            links.push(Link { a: l.a, b: l.b, latency_ms: l.latency_ms, bandwidth_mbps: l.bandwidth_mbps, loss: l.loss, carbon: l.carbon, up: l.up });
+            let what = |key: &str| format!("link {a}-{b}: {key}");
+            let zero = |v: &Option<Spanned<f64>>| v.clone().unwrap_or_else(|| Spanned::new(0..0, 0.0));
+            links.push(Link {
+                latency_ms: ranged(&src, &what("latency_ms"), &l.latency_ms, 0.0, 1e9)?,
+                bandwidth_mbps: ranged(&src, &what("bandwidth_mbps"), &l.bandwidth_mbps, 0.0, 1e12)?,
+                loss: ranged(&src, &what("loss"), &zero(&l.loss), 0.0, 1.0)?,
+                carbon: ranged(&src, &what("carbon"), &zero(&l.carbon), 0.0, 1e12)?,
+                up: l.up,
+                a,
+                b,
+            });
         }
-        if let (Some(local), Some((_, sec))) = (&settings.local, &raw.control) {
-            if !ids.contains_key(local) {
-                bail!("{}: control.local: no node '{local}'", at(sec, "local"));
+        if let Some(local) = raw.control.as_ref().and_then(|c| c.local.as_ref()) {
+            if !ids.contains_key(local.get_ref()) {
+                return Err(src.error(local, format!("control.local: no node '{}'", local.get_ref())));
             }
         }
         Ok(Topology { settings, nodes, links })
@@ -432,6 +365,15 @@ carbon = 3
         assert_eq!(t.nodes[0].dp_id, default_dp_id("a"));
         assert_eq!(t.links[0].carbon, 3.0);
         assert_eq!(t.settings.local.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn a_score_stands_instead_of_the_inputs_but_half_the_inputs_do_not() {
+        let only_score = "[[node]]\nid = \"s\"\nscore = 0.4\n";
+        let t = Topology::parse(only_score, "s.toml").unwrap();
+        assert_eq!((t.nodes[0].inputs.is_none(), t.nodes[0].score_override), (true, Some(0.4)));
+        let err = Topology::parse("[[node]]\nid = \"h\"\nuptime = 1.0\n", "h.toml").unwrap_err().to_string();
+        assert!(err.starts_with("h.toml:2:") && err.contains("performance: missing"), "{err}");
     }
 
     #[test]

@@ -20,10 +20,11 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use bpi_support::config::{Source, Spanned};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    model::{check_range, parse_section, sections, Attestation, Empty, Section, MAX_BACKUPS},
+    model::{check_range, Attestation, MAX_BACKUPS},
     path::Constraints,
 };
 
@@ -38,83 +39,82 @@ pub struct Intent {
     pub origin: String,
 }
 
-struct RawFile<'a> {
-    intent: Vec<(RawIntent, Section<'a>)>,
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    intent: Vec<RawIntent>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawIntent {
-    name: String,
+    name: Spanned<String>,
     #[serde(default)]
     description: String,
-    trust_floor: Option<f64>,
-    latency_budget_ms: Option<f64>,
-    min_bandwidth_mbps: Option<f64>,
-    jurisdiction_allow: Option<Vec<String>>,
-    #[serde(default)]
-    jurisdiction_exclude: Vec<String>,
+    trust_floor: Option<Spanned<f64>>,
+    latency_budget_ms: Option<Spanned<f64>>,
+    min_bandwidth_mbps: Option<Spanned<f64>>,
+    jurisdiction_allow: Option<Spanned<Vec<String>>>,
+    jurisdiction_exclude: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     domestic_only: bool,
     attestation: Option<Attestation>,
-    carbon_max: Option<f64>,
-    backups: Option<i64>,
+    carbon_max: Option<Spanned<f64>>,
+    backups: Option<Spanned<i64>>,
 }
 
 pub fn parse(text: &str, origin: &str) -> Result<Vec<Intent>> {
-    let mut raw = RawFile { intent: Vec::new() };
-    for s in sections(text) {
-        match s.header {
-            None => {
-                let _: Empty = parse_section(&s, origin)?;
-            }
-            Some("[[intent]]") => raw.intent.push((parse_section(&s, origin)?, s)),
-            Some(h) => bail!("{origin}:{}: table {h} is not [[intent]]", s.header_line()),
-        }
-    }
+    let src = Source::new(text, origin);
+    let raw: RawFile = src.parse()?;
     let mut out: Vec<Intent> = Vec::new();
-    for (r, sec) in raw.intent {
-        let at = |key: &str| format!("{origin}:{}", sec.line_of(key));
-        let valid_name = (1..=64).contains(&r.name.len()) && r.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
+    for r in raw.intent {
+        let name = r.name.get_ref().clone();
+        let valid_name = (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
         if !valid_name {
-            bail!("{}: intent.name: '{}' is not a name (1-64 of A-Z a-z 0-9 _ -)", at("name"), r.name);
+            return Err(src.error(&r.name, format!("intent.name: '{name}' is not a name (1-64 of A-Z a-z 0-9 _ -)")));
         }
-        if out.iter().any(|o| o.name == r.name) {
-            bail!("{}: intent.name: '{}' is defined twice", at("name"), r.name);
+        if out.iter().any(|o| o.name == name) {
+            return Err(src.error(&r.name, format!("intent.name: '{name}' is defined twice")));
         }
-        for (key, v, hi) in [("trust_floor", r.trust_floor, 1.0), ("latency_budget_ms", r.latency_budget_ms, 1e9), ("min_bandwidth_mbps", r.min_bandwidth_mbps, 1e12), ("carbon_max", r.carbon_max, 1e12)] {
-            if let Some(v) = v {
-                check_range(v, 0.0, hi).map_err(|e| anyhow::anyhow!("{}: intent '{}': {key}: {e}", at(key), r.name))?;
-            }
-        }
+        let number = |key: &str, v: &Option<Spanned<f64>>, hi: f64| -> Result<Option<f64>> {
+            let Some(v) = v else { return Ok(None) };
+            check_range(*v.get_ref(), 0.0, hi).map_err(|e| src.error(v, format!("intent '{name}': {key}: {e}")))?;
+            Ok(Some(*v.get_ref()))
+        };
+        let trust_floor = number("trust_floor", &r.trust_floor, 1.0)?;
+        let latency_budget_ms = number("latency_budget_ms", &r.latency_budget_ms, 1e9)?;
+        let min_bandwidth_mbps = number("min_bandwidth_mbps", &r.min_bandwidth_mbps, 1e12)?;
+        let carbon_max = number("carbon_max", &r.carbon_max, 1e12)?;
+        let jurisdiction_exclude = r.jurisdiction_exclude.as_ref().map(|e| e.get_ref().clone()).unwrap_or_default();
         if let Some(allow) = &r.jurisdiction_allow {
-            if allow.is_empty() {
-                bail!("{}: intent '{}': jurisdiction_allow: an empty list allows nothing", at("jurisdiction_allow"), r.name);
+            if allow.get_ref().is_empty() {
+                return Err(src.error(allow, format!("intent '{name}': jurisdiction_allow: an empty list allows nothing")));
             }
-            if let Some(both) = allow.iter().find(|j| r.jurisdiction_exclude.contains(j)) {
-                bail!("{}: intent '{}': jurisdiction_exclude: '{both}' is also allowed", at("jurisdiction_exclude"), r.name);
+            if let (Some(both), Some(exclude)) = (allow.get_ref().iter().find(|j| jurisdiction_exclude.contains(j)), &r.jurisdiction_exclude) {
+                return Err(src.error(exclude, format!("intent '{name}': jurisdiction_exclude: '{both}' is also allowed")));
             }
         }
-        let backups = match r.backups {
-            Some(b) if (0..=MAX_BACKUPS as i64).contains(&b) => Some(b as usize),
-            Some(b) => bail!("{}: intent '{}': backups: {b} is outside 0..{MAX_BACKUPS}", at("backups"), r.name),
+        let backups = match &r.backups {
+            Some(b) if (0..=MAX_BACKUPS as i64).contains(b.get_ref()) => Some(*b.get_ref() as usize),
+            Some(b) => return Err(src.error(b, format!("intent '{name}': backups: {} is outside 0..{MAX_BACKUPS}", b.get_ref()))),
             None => None,
         };
         out.push(Intent {
-            name: r.name,
+            origin: src.at(r.name.span()),
+            name,
             description: r.description,
             constraints: Constraints {
-                trust_floor: r.trust_floor,
-                latency_budget_ms: r.latency_budget_ms,
-                min_bandwidth_mbps: r.min_bandwidth_mbps,
-                jurisdiction_allow: r.jurisdiction_allow,
-                jurisdiction_exclude: r.jurisdiction_exclude,
+                trust_floor,
+                latency_budget_ms,
+                min_bandwidth_mbps,
+                jurisdiction_allow: r.jurisdiction_allow.map(|a| a.into_inner()),
+                jurisdiction_exclude,
                 domestic_only: r.domestic_only,
                 attestation: r.attestation,
-                carbon_max: r.carbon_max,
+                carbon_max,
             },
             backups,
-            origin: at("name"),
         });
     }
     Ok(out)

@@ -12,7 +12,8 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use bpi_support::config::{Source, Spanned};
 use serde::Deserialize;
 
 use crate::{
@@ -26,11 +27,11 @@ pub const DEFAULT_PATH: &str = "/bpi/config/system/drx-data.toml";
 #[serde(deny_unknown_fields)]
 struct Raw {
     #[serde(default)]
-    interfaces: Vec<String>,
-    mode: Option<String>,
-    threshold: Option<f64>,
-    unknown_verdict: Option<String>,
-    default_verdict: Option<String>,
+    interfaces: Vec<Spanned<String>>,
+    mode: Option<Spanned<String>>,
+    threshold: Option<Spanned<f64>>,
+    unknown_verdict: Option<Spanned<String>>,
+    default_verdict: Option<Spanned<String>>,
     cache: Option<bool>,
 }
 
@@ -42,35 +43,36 @@ pub struct Config {
 }
 
 pub fn parse(text: &str, origin: &str) -> Result<Config> {
-    let raw: Raw = toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    let src = Source::new(text, origin);
+    let raw: Raw = src.parse()?;
     let defaults = Settings::default();
-    let field = |what: &str, e: anyhow::Error| anyhow::anyhow!("{origin}: {what}: {e}");
+    let verdict = |key: &str, v: &Option<Spanned<String>>, default: Verdict| -> Result<Verdict> {
+        match v {
+            Some(v) => v.get_ref().parse::<Verdict>().map_err(|e| src.error(v, format!("{key}: {e}"))),
+            None => Ok(default),
+        }
+    };
     let settings = Settings {
-        threshold: match raw.threshold {
-            Some(t) => score_from_f64(t).map_err(|e| field("threshold", e))?,
+        threshold: match &raw.threshold {
+            Some(t) => score_from_f64(*t.get_ref()).map_err(|e| src.error(t, format!("threshold: {e}")))?,
             None => defaults.threshold,
         },
-        unknown_verdict: match raw.unknown_verdict {
-            Some(v) => v.parse::<Verdict>().map_err(|e| field("unknown_verdict", e))?,
-            None => defaults.unknown_verdict,
-        },
-        default_verdict: match raw.default_verdict {
-            Some(v) => v.parse::<Verdict>().map_err(|e| field("default_verdict", e))?,
-            None => defaults.default_verdict,
-        },
+        unknown_verdict: verdict("unknown_verdict", &raw.unknown_verdict, defaults.unknown_verdict)?,
+        default_verdict: verdict("default_verdict", &raw.default_verdict, defaults.default_verdict)?,
         cache: raw.cache.unwrap_or(defaults.cache),
         applied: 0,
     };
-    let mode = match raw.mode {
-        Some(m) => m.parse().map_err(|e| field("mode", e))?,
+    let mode = match &raw.mode {
+        Some(m) => m.get_ref().parse().map_err(|e| src.error(m, format!("mode: {e}")))?,
         None => Mode::Native,
     };
     for name in &raw.interfaces {
-        if name.is_empty() || name.len() > 15 || name.contains('/') || name.contains(char::is_whitespace) {
-            bail!("{origin}: interfaces: '{name}' is not a valid interface name");
+        let n = name.get_ref();
+        if n.is_empty() || n.len() > 15 || n.contains('/') || n.contains(char::is_whitespace) {
+            return Err(src.error(name, format!("interfaces: '{n}' is not a valid interface name")));
         }
     }
-    Ok(Config { interfaces: raw.interfaces, mode, settings })
+    Ok(Config { interfaces: raw.interfaces.into_iter().map(Spanned::into_inner).collect(), mode, settings })
 }
 
 pub fn load(path: &Path) -> Result<Config> {
