@@ -5,19 +5,19 @@
 use crate::output::Json;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use bpi_drx_control::{
     engine::Engine,
     model::Topology,
     path::{Answer, PathInfo},
     policy,
     service::{self, Control1ProxyBlocking, ServeOptions},
+    wire::{Change, LinkChange},
     DEFAULT_POLICIES, DEFAULT_TOPOLOGY,
 };
 use bpi_support::exit::Failure;
 use bpi_support::Cmd;
 use clap::{Args, Subcommand};
-use serde_json::Value;
 
 #[derive(Args)]
 pub struct Source {
@@ -114,13 +114,13 @@ fn offline(source: &Source) -> Result<Option<Engine>> {
     Ok(Some(Engine::new(Topology::load(file)?, intents(&source.policies)?, None)))
 }
 
-fn daemon(source: &Source) -> Result<(zbus::blocking::Connection, Control1ProxyBlocking<'static>)> {
+pub fn daemon(source: &Source) -> Result<(zbus::blocking::Connection, Control1ProxyBlocking<'static>)> {
     service::connect(source.bus.as_deref()).context(
         "bpi-drx-control.service is not on the bus: start it (`bpi-os nxos start`) or pass --topology FILE to plan offline",
     )
 }
 
-fn remote_err(e: zbus::Error) -> anyhow::Error {
+pub fn remote_err(e: zbus::Error) -> anyhow::Error {
     match e {
         zbus::Error::MethodError(name, msg, _) => anyhow::anyhow!("{} ({})", msg.unwrap_or_default(), name.as_str()),
         e => anyhow::Error::new(e).context("calling bpi-drx-control"),
@@ -143,43 +143,54 @@ pub fn start(dry_run: bool, json: Json) -> Result<()> {
     Ok(())
 }
 
-pub fn topology(source: &Source, trust_scores: bool, routing_table: bool, json: Json) -> Result<()> {
-    let v: Value = match offline(source)? {
-        Some(e) => e.topology_json(trust_scores, routing_table),
-        None => serde_json::from_str(&daemon(source)?.1.topology(trust_scores, routing_table).map_err(remote_err)?)?,
+/// What `nxos topology` shows besides nodes and links.
+#[derive(Clone, Copy)]
+pub struct TopologyDetail {
+    pub trust_scores: bool,
+    pub routing_table: bool,
+}
+
+pub fn topology(source: &Source, detail: TopologyDetail, json: Json) -> Result<()> {
+    let (view, routes) = match offline(source)? {
+        Some(e) => (e.topology_view(), detail.routing_table.then(|| e.routing_table())),
+        None => {
+            let (_conn, proxy) = daemon(source)?;
+            let routes = if detail.routing_table { Some(proxy.routing_table().map_err(remote_err)?) } else { None };
+            (proxy.topology().map_err(remote_err)?, routes)
+        }
     };
     if json.on() {
-        json.print(&v)?;
-        return Ok(());
+        let mut v = serde_json::to_value(&view)?;
+        if let Some(r) = &routes {
+            v["routing_table"] = serde_json::to_value(r)?;
+        }
+        return json.print(&v);
     }
-    let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
-    println!("{} nodes, {} links, local node {}", nodes.len(), v["links"].as_array().map_or(0, |l| l.len()), v["local"].as_str().unwrap_or("(none)"));
-    for n in &nodes {
-        let trust = if trust_scores {
-            format!("  trust {:.4}{}", n["trust"].as_f64().unwrap_or(0.0), if n["blacklisted"] == true { " BLACKLISTED" } else { "" })
-        } else {
-            String::new()
-        };
-        println!("  {:<20} {:<8} {:<9}{trust}", n["id"].as_str().unwrap_or(""), n["jurisdiction"].as_str().unwrap_or(""), n["attestation"].as_str().unwrap_or(""));
+    let local = if view.local.is_empty() { "(none)" } else { view.local.as_str() };
+    println!("{} nodes, {} links, local node {local}", view.nodes.len(), view.links.len());
+    for n in &view.nodes {
+        let trust = if detail.trust_scores { format!("  trust {:.4}{}", n.trust, if n.blacklisted { " BLACKLISTED" } else { "" }) } else { String::new() };
+        println!("  {:<20} {:<8} {:<9}{trust}", n.id, n.jurisdiction, n.attestation);
     }
-    if routing_table {
+    if let Some(routes) = routes {
         println!("routing table:");
-        for r in v["routing_table"].as_array().cloned().unwrap_or_default() {
-            println!("  {:<20} via {:<20} cost {}", r["destination"].as_str().unwrap_or(""), r["next_hop"].as_str().unwrap_or(""), r["cost"]);
+        for r in routes {
+            println!("  {:<20} via {:<20} cost {}", r.destination, r.next_hop, r.cost);
         }
     }
     Ok(())
 }
 
 pub fn metrics(source: &Source, json: Json) -> Result<()> {
-    let v: Value = match offline(source)? {
-        Some(e) => serde_json::to_value(&e.metrics)?,
-        None => serde_json::from_str(&daemon(source)?.1.metrics().map_err(remote_err)?)?,
+    let m = match offline(source)? {
+        Some(e) => e.metrics,
+        None => daemon(source)?.1.metrics().map_err(remote_err)?,
     };
     if json.on() {
-        json.print(&v)?;
-    } else if let Some(m) = v.as_object() {
-        for (k, v) in m {
+        return json.print(&m);
+    }
+    if let Some(fields) = serde_json::to_value(&m)?.as_object() {
+        for (k, v) in fields {
             println!("{k:<22} {v}");
         }
     }
@@ -204,8 +215,7 @@ pub fn route(source: &Source, from: &str, to: &str, intent: Option<&str>, backup
         Some(e) => e.route(from, to, intent, backups)?,
         None => {
             let k = backups.map_or(-1, |b| b as i32);
-            let text = daemon(source)?.1.route(from, to, intent.unwrap_or(""), k).map_err(remote_err)?;
-            answer_from_json(&text)?
+            daemon(source)?.1.route(from, to, intent.unwrap_or(""), k).map_err(remote_err)?.into()
         }
     };
     if json.on() {
@@ -226,72 +236,47 @@ pub fn route(source: &Source, from: &str, to: &str, intent: Option<&str>, backup
     }
 }
 
-/// The daemon's JSON answer, back into an Answer.
-fn answer_from_json(text: &str) -> Result<Answer> {
-    let v: Value = serde_json::from_str(text)?;
-    let path = |p: &Value| -> PathInfo {
-        PathInfo {
-            nodes: p["nodes"].as_array().map(|a| a.iter().filter_map(|n| n.as_str().map(String::from)).collect()).unwrap_or_default(),
-            cost: p["cost"].as_u64().unwrap_or(0),
-            hops: p["hops"].as_u64().unwrap_or(0) as usize,
-            latency_ms: p["latency_ms"].as_f64().unwrap_or(0.0),
-            carbon: p["carbon"].as_f64().unwrap_or(0.0),
-            min_bandwidth_mbps: p["min_bandwidth_mbps"].as_f64().unwrap_or(0.0),
-            reliability: p["reliability"].as_f64().unwrap_or(0.0),
-            min_trust: p["min_trust"].as_f64().unwrap_or(0.0),
-            route_score: p["route_score"].as_f64().unwrap_or(0.0),
-            edges: Vec::new(),
-        }
+/// A change the daemon made (or would make): its lines, or the reply as JSON.
+pub fn print_change(change: &Change, json: Json) -> Result<()> {
+    if json.on() {
+        return json.print(change);
+    }
+    let verb = if change.dry_run { "would set" } else { "set" };
+    for line in &change.summary {
+        println!("{verb} {line}");
+    }
+    let dp = &change.data_plane;
+    let data_plane = match (dp.pinned, change.dry_run) {
+        (false, _) => "no data plane maps here".to_string(),
+        (true, true) => format!("{} map write(s) onto version {}", dp.writes, dp.version),
+        (true, false) if dp.writes == 0 => format!("data plane version {} already up to date", dp.version),
+        (true, false) => format!("{} map write(s) as data plane version {}; {}", dp.writes, dp.version, dp.recorded),
     };
-    match v["answer"].as_str() {
-        Some("found") => Ok(Answer::Found { best: path(&v["best"]), backups: v["backups"].as_array().map(|b| b.iter().map(path).collect()).unwrap_or_default() }),
-        Some("no_path") => Ok(Answer::NoPath {
-            constraint: v["constraint"].as_str().unwrap_or("").into(),
-            reason: v["reason"].as_str().unwrap_or("").into(),
-        }),
-        _ => bail!("the daemon gave an answer this CLI does not know: {text}"),
-    }
-}
-
-pub fn trust_via_daemon(proxy: &Control1ProxyBlocking<'_>, updates: &[(f64, String)], dry_run: bool, json: Json) -> Result<()> {
-    for (score, node) in updates {
-        if dry_run {
-            println!("would set node {node} to trust {score} through bpi-drx-control");
-            continue;
-        }
-        let out = proxy.trust_update(node, *score).map_err(remote_err)?;
-        if json.on() {
-            json.print(&serde_json::from_str::<Value>(&out)?)?;
-        } else {
-            let v: Value = serde_json::from_str(&out)?;
-            println!("node {node}: trust {score}; routes recomputed in {} us; {}", v["recompute_us"], v["data_plane"].as_str().unwrap_or("no data plane maps"));
-        }
-    }
+    println!("routes recomputed in {} us; {data_plane}", change.recompute_us);
     Ok(())
 }
 
 pub fn check_path(source: &Source, nodes: &[String], intent: Option<&str>, json: Json) -> Result<()> {
-    let v: Value = match offline(source)? {
+    let checked = match offline(source)? {
         Some(e) => e.check(nodes, intent)?,
         None => {
             let ids: Vec<&str> = nodes.iter().map(String::as_str).collect();
-            serde_json::from_str(&daemon(source)?.1.check_path(&ids, intent.unwrap_or("")).map_err(remote_err)?)?
+            daemon(source)?.1.check_path(&ids, intent.unwrap_or("")).map_err(remote_err)?
         }
     };
     if json.on() {
-        json.print(&v)?;
-        return Ok(());
+        return json.print(&checked);
     }
-    let p = &v["path"];
+    let p = &checked.path;
     println!(
         "{}: {} hops, {:.3} ms, carbon {:.3}, min trust {:.3}, cost {}; {}",
         nodes.join(" -> "),
-        p["hops"],
-        p["latency_ms"].as_f64().unwrap_or(0.0),
-        p["carbon"].as_f64().unwrap_or(0.0),
-        p["min_trust"].as_f64().unwrap_or(0.0),
-        p["cost"],
-        if v["meets_constraints"] == true { "meets the constraints" } else { "does NOT meet the constraints" }
+        p.hops,
+        p.latency_ms,
+        p.carbon,
+        p.min_trust,
+        p.cost,
+        if checked.meets_constraints { "meets the constraints" } else { "does NOT meet the constraints" }
     );
     Ok(())
 }
@@ -300,35 +285,14 @@ pub fn link(command: LinkCommand) -> Result<()> {
     let LinkCommand::Update { a, b, latency_ms, bandwidth_mbps, loss, carbon, down, up, bus, dry_run, json } = command;
     let source = Source { topology: None, policies: PathBuf::new(), bus };
     let (_conn, proxy) = daemon(&source)?;
-    let topo: Value = serde_json::from_str(&proxy.topology(false, false).map_err(remote_err)?)?;
-    let current = topo["links"]
-        .as_array()
-        .and_then(|l| l.iter().find(|l| (l["a"] == a.as_str() && l["b"] == b.as_str()) || (l["a"] == b.as_str() && l["b"] == a.as_str())))
-        .with_context(|| format!("no link between '{a}' and '{b}'"))?
-        .clone();
-    let f = |k: &str| current[k].as_f64().unwrap_or(0.0);
-    let new = (
-        latency_ms.unwrap_or(f("latency_ms")),
-        bandwidth_mbps.unwrap_or(f("bandwidth_mbps")),
-        loss.unwrap_or(f("loss")),
-        carbon.unwrap_or(f("carbon")),
-        if down { false } else { up || current["up"] != false },
-    );
-    if dry_run {
-        if json.on() {
-            let link = serde_json::json!({ "a": a, "b": b, "latency_ms": new.0, "bandwidth_mbps": new.1, "loss": new.2, "carbon": new.3, "up": new.4 });
-            return json.print(&serde_json::json!({ "dry_run": true, "link": link }));
-        }
-        println!("would set {a}-{b}: latency {} ms, bandwidth {} Mbps, loss {}, carbon {}, {}", new.0, new.1, new.2, new.3, if new.4 { "up" } else { "down" });
-        return Ok(());
-    }
-    let out = proxy.link_update(&a, &b, new.0, new.1, new.2, new.3, new.4).map_err(remote_err)?;
-    let v: Value = serde_json::from_str(&out)?;
-    if json.on() {
-        return json.print(&v);
-    }
-    println!("link {a}-{b} updated; routes recomputed in {} us; {}", v["recompute_us"], v["data_plane"].as_str().unwrap_or("no data plane maps"));
-    Ok(())
+    let state = match (up, down) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    };
+    let change = LinkChange { latency_ms, bandwidth_mbps, loss, carbon, up: state };
+    let done = proxy.link_update(&(a.as_str(), b.as_str()), &change, dry_run).map_err(remote_err)?;
+    print_change(&done, json)
 }
 
 pub fn policy(command: PolicyCommand) -> Result<()> {

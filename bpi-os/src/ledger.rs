@@ -40,6 +40,33 @@ impl StoreArg {
     }
 }
 
+/// `ledger append`: one operation, recorded through the service when it runs.
+#[derive(Args)]
+pub struct AppendArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// What kind of operation: auth, bridge, connection, ebpf, filesystem, interface, mount, network, policy, port, settings, storage, trust, user.
+    #[arg(long)]
+    category: String,
+    /// What was done (created, deleted, update, ...).
+    #[arg(long)]
+    action: String,
+    /// The operation's data, a JSON object.
+    #[arg(long)]
+    data: String,
+    /// The checkpoint signing key when opening the store directly.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// A D-Bus address instead of the system bus.
+    #[arg(long, value_name = "ADDRESS")]
+    bus: Option<String>,
+    /// Check the data and show what would be recorded; record nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    json: Json,
+}
+
 #[derive(Subcommand)]
 pub enum LedgerCommand {
     /// Blocks, filtered by category, height or time; or --stats.
@@ -81,30 +108,7 @@ pub enum LedgerCommand {
         json: Json,
     },
     /// Records one operation.
-    Append {
-        #[command(flatten)]
-        store: StoreArg,
-        /// What kind of operation: auth, bridge, connection, ebpf, filesystem, interface, mount, network, policy, port, settings, storage, trust, user.
-        #[arg(long)]
-        category: String,
-        /// What was done (created, deleted, update, ...).
-        #[arg(long)]
-        action: String,
-        /// The operation's data, a JSON object.
-        #[arg(long)]
-        data: String,
-        /// The checkpoint signing key when opening the store directly.
-        #[arg(long, value_name = "FILE")]
-        key: Option<PathBuf>,
-        /// A D-Bus address instead of the system bus.
-        #[arg(long, value_name = "ADDRESS")]
-        bus: Option<String>,
-        /// Check the data and show what would be recorded; record nothing.
-        #[arg(long)]
-        dry_run: bool,
-        #[command(flatten)]
-        json: Json,
-    },
+    Append(AppendArgs),
     /// An RFC 9162 inclusion proof (--height) or consistency proof (--consistency OLD).
     Proof {
         #[command(flatten)]
@@ -173,9 +177,7 @@ pub fn run(cmd: LedgerCommand) -> Result<()> {
             }
             Ok(())
         }
-        LedgerCommand::Append { store, category, action, data, key, bus, dry_run, json } => {
-            append(&store, &category, &action, &data, key, bus.as_deref(), dry_run, json)
-        }
+        LedgerCommand::Append(args) => append(args),
         LedgerCommand::Proof { store, height, consistency, size, json } => {
             let (log, _) = store::open_read(&store.dir())?;
             let (value, ok) = match (height, consistency) {
@@ -285,17 +287,9 @@ fn one_line(b: &Block) -> String {
     )
 }
 
-#[allow(clippy::too_many_arguments)]
-fn append(
-    store: &StoreArg,
-    category: &str,
-    action: &str,
-    data: &str,
-    key: Option<PathBuf>,
-    bus: Option<&str>,
-    dry_run: bool,
-    json: Json,
-) -> Result<()> {
+fn append(args: AppendArgs) -> Result<()> {
+    let AppendArgs { store, category, action, data, key, bus, dry_run, json } = args;
+    let (category, action, data, bus) = (category.as_str(), action.as_str(), data.as_str(), bus.as_deref());
     // Checked here first so bad input fails the same way on every path.
     let records = Plugins::default().prepare(category, data)?;
     let probe = bpi_ledger::Draft::new("-", category, action, "-", String::new());

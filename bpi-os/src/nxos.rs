@@ -11,12 +11,13 @@ use bpi_drx_data::{
     attach::{self, Mode},
     config,
     layout::{parse_score, score_to_f64, Reason, Settings, Verdict},
-    plan::{plan, Op, Plan},
+    plan::Op,
     prefix::Prefix,
-    tables::Tables,
+    tables::{Batch, Tables},
     DEFAULT_PIN_DIR,
 };
 use clap::{builder::TypedValueParser, Args, Subcommand};
+use bpi_drx_control::wire::DataPlaneOp;
 use serde_json::json;
 
 use crate::{control, ledger::record};
@@ -162,9 +163,6 @@ enum TrustCommand {
         /// A node: its name (through the control daemon) or its data-plane number.
         #[arg(long = "node-id", required = true)]
         node_ids: Vec<String>,
-        /// The control daemon's bus (default: the system bus).
-        #[arg(long, value_name = "ADDRESS")]
-        bus: Option<String>,
         /// Its trust score, 0..1 (the same count as --node-id, in order).
         #[arg(long = "score", required = true, allow_negative_numbers = true)]
         scores: Vec<String>,
@@ -222,14 +220,18 @@ enum TrustCommand {
     },
 }
 
-/// What every trust change takes: show the plan only, and machine output.
-#[derive(Args, Clone, Copy)]
+/// What every trust change takes: show the plan only, machine output, and
+/// the control daemon's bus (while it runs, every change goes through it).
+#[derive(Args, Clone)]
 struct Change {
     /// Print the map writes and change nothing.
     #[arg(long)]
     dry_run: bool,
     #[command(flatten)]
     json: Json,
+    /// The control daemon's bus (default: the system bus).
+    #[arg(long, value_name = "ADDRESS")]
+    bus: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -248,7 +250,7 @@ pub fn run(args: NxosArgs) -> Result<()> {
         },
         NxosCommand::Trust { command } => trust(dir, command),
         NxosCommand::Start { dry_run, json } => control::start(dry_run, json),
-        NxosCommand::Topology { trust_scores, routing_table, source, json } => control::topology(&source, trust_scores, routing_table, json),
+        NxosCommand::Topology { trust_scores, routing_table, source, json } => control::topology(&source, control::TopologyDetail { trust_scores, routing_table }, json),
         NxosCommand::Metrics { source, json } => control::metrics(&source, json),
         NxosCommand::Route { from, to, path, intent, backups, source, json } => match path {
             Some(p) => control::check_path(&source, &p, intent.as_deref(), json),
@@ -293,7 +295,7 @@ fn load(dir: &Path, program: &str, interface: Option<String>, mode: Mode, config
     }
     if config.is_some() {
         // The file's settings win over whatever the maps held before.
-        apply_ops(dir, vec![Op::Settings(settings)], Change { dry_run: false, json })?;
+        write(dir, vec![Op::Settings(settings)], &Change { dry_run: false, json, bus: None })?;
     }
     if json.on() {
         json.print(&done)?;
@@ -416,38 +418,30 @@ fn parse_prefixes(texts: &[String]) -> Result<Vec<Prefix>> {
     texts.iter().map(|t| t.parse()).collect()
 }
 
+/// A trust change as asked: scores by node name or number, or data-plane
+/// operations.
+enum Request {
+    Scores(Vec<(String, u32)>),
+    Ops(Vec<Op>),
+}
+
 fn trust(dir: &Path, command: TrustCommand) -> Result<()> {
-    // Input is checked in full before the maps are opened.
-    let (ops, out) = match command {
-        TrustCommand::Update { node_ids, scores, bus, out } => {
+    // Input is checked in full before anything is asked of the daemon or the maps.
+    let (request, out) = match command {
+        TrustCommand::Update { node_ids, scores, out } => {
             let updates = pairs(node_ids, scores, "--node-id and --score")?
                 .into_iter()
-                .map(|(node, s)| Ok((parse_score(&s).with_context(|| format!("node {node}"))?, node)))
+                .map(|(node, s)| Ok((node.clone(), parse_score(&s).with_context(|| format!("node {node}"))?)))
                 .collect::<Result<Vec<_>>>()?;
-            if let Some((_conn, proxy)) = bpi_drx_control::service::connect(bus.as_deref()) {
-                let updates: Vec<(f64, String)> = updates.into_iter().map(|(s, n)| (score_to_f64(s), n)).collect();
-                return control::trust_via_daemon(&proxy, &updates, out.dry_run, out.json);
-            }
-            let ops = updates
-                .into_iter()
-                .map(|(score, node)| {
-                    let node: u32 = node.parse().map_err(|_| {
-                        anyhow::anyhow!(
-                            "node id '{node}' is not a number: bpi-drx-control.service is not running, so the update goes straight to the data plane, which knows nodes by number (dp_id)"
-                        )
-                    })?;
-                    Ok(Op::SetScore { node, score })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            (ops, out)
+            (Request::Scores(updates), out)
         }
         TrustCommand::Map { prefixes, node_ids, out } => {
             let prefixes = parse_prefixes(&prefixes)?;
             let ops = pairs(prefixes, node_ids, "--prefix and --node-id")?.into_iter().map(|(prefix, node)| Op::MapPrefix { prefix, node }).collect();
-            (ops, out)
+            (Request::Ops(ops), out)
         }
-        TrustCommand::Unmap { prefixes, out } => (parse_prefixes(&prefixes)?.into_iter().map(|prefix| Op::UnmapPrefix { prefix }).collect(), out),
-        TrustCommand::Remove { node_ids, out } => (node_ids.into_iter().map(|node| Op::RemoveNode { node }).collect(), out),
+        TrustCommand::Unmap { prefixes, out } => (Request::Ops(parse_prefixes(&prefixes)?.into_iter().map(|prefix| Op::UnmapPrefix { prefix }).collect()), out),
+        TrustCommand::Remove { node_ids, out } => (Request::Ops(node_ids.into_iter().map(|node| Op::RemoveNode { node }).collect()), out),
         TrustCommand::Settings { threshold, unknown_verdict, default_verdict, cache, out } => {
             let threshold = threshold.map(|t| parse_score(&t).context("--threshold")).transpose()?;
             let mut s = Tables::open(dir)?.settings()?;
@@ -459,33 +453,60 @@ fn trust(dir: &Path, command: TrustCommand) -> Result<()> {
             if let Some(c) = cache {
                 s.cache = matches!(c, OnOff::On);
             }
-            (vec![Op::Settings(s)], out)
+            (Request::Ops(vec![Op::Settings(s)]), out)
         }
         TrustCommand::Show { json } => return show(dir, json),
     };
-    apply_ops(dir, ops, out)
+    // While the control daemon runs it is the maps' only writer: the change
+    // goes to it, as one call and one batch.
+    if let Some((_conn, proxy)) = bpi_drx_control::service::connect(out.bus.as_deref()) {
+        let change = match &request {
+            Request::Scores(updates) => {
+                let pairs: Vec<(&str, f64)> = updates.iter().map(|(n, s)| (n.as_str(), score_to_f64(*s))).collect();
+                proxy.trust_update(&pairs, out.dry_run)
+            }
+            Request::Ops(ops) => proxy.data_plane_update(&ops.iter().map(DataPlaneOp::from).collect::<Vec<_>>(), out.dry_run),
+        }
+        .map_err(control::remote_err)?;
+        return control::print_change(&change, out.json);
+    }
+    let ops = match request {
+        Request::Ops(ops) => ops,
+        Request::Scores(updates) => updates
+            .into_iter()
+            .map(|(node, score)| {
+                let node: u32 = node.parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "node id '{node}' is not a number: bpi-drx-control.service is not running, so the update goes straight to the data plane, which knows nodes by number (dp_id)"
+                    )
+                })?;
+                Ok(Op::SetScore { node, score })
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
+    write(dir, ops, &out)
 }
 
-fn apply_ops(dir: &Path, ops: Vec<Op>, Change { dry_run, json }: Change) -> Result<()> {
+/// Straight into the maps, through their one writer (no control daemon runs).
+fn write(dir: &Path, ops: Vec<Op>, out: &Change) -> Result<()> {
     let mut tables = Tables::open(dir)?;
-    let routes = if Plan::touches_routes(&ops) { tables.routes()? } else { BTreeMap::new() };
-    let plan = plan(&ops, &routes)?;
-    if dry_run {
-        if json.on() {
-            json.print(&plan)?;
-        } else {
-            for w in &plan.writes {
+    let recorder = bpi_ledger::service::LedgerRecorder::new(None);
+    let written = tables.write_batch(&Batch { source: "bpi-os", recorder: &recorder, dry_run: out.dry_run }, |_| Ok(ops))?;
+    let json = out.json;
+    match &written.applied {
+        None if json.on() => json.print(&written.plan)?,
+        None => {
+            for w in &written.plan.writes {
                 println!("would write: {}", serde_json::to_string(w)?);
             }
         }
-        return Ok(());
+        Some(applied) if json.on() => json.print(applied)?,
+        Some(applied) => {
+            println!("applied {} change(s) as version {}{}", applied.writes, applied.version, if applied.resynced { " (first re-synced the idle tables)" } else { "" })
+        }
     }
-    let applied = tables.apply(&plan)?;
-    record("trust", "update", &json!({ "version": applied.version, "changes": plan.writes }));
-    if json.on() {
-        json.print(&applied)?;
-    } else {
-        println!("applied {} change(s) as version {}{}", applied.writes, applied.version, if applied.resynced { " (first re-synced the idle tables)" } else { "" });
+    if let Some(line) = &written.recorded {
+        eprintln!("bpi-os: {line}");
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use bpi_drx_control::model::Topology;
 use bpi_drx_data::{attach, layout::Settings, tables::Tables, testbed::BpfFs};
 use common::{can_run, cli, scratch, start_bus, text, NOBODY};
 use serde_json::Value;
@@ -104,18 +105,64 @@ fn control_plane_over_dbus_recomputes_and_writes_the_data_plane() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(metrics(None)["changes"], 2);
 
-    // Root blacklists transit-b: routes move off it and the data plane drops it.
-    let dp_id = bpi_drx_control::model::default_dp_id("transit-b");
-    let out = cli(&s, None, &["nxos", "trust", "update", "--node-id", "transit-b", "--score", "0.1", "--bus", b]);
+    // A watcher learns of changes from the Changes property, without polling.
+    let watcher = zbus::blocking::connection::Builder::address(b).unwrap().build().unwrap();
+    let proxy = bpi_drx_control::service::Control1ProxyBlocking::new(&watcher).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut stream = proxy.receive_changes_changed();
+    std::thread::spawn(move || {
+        for change in &mut stream {
+            if tx.send(change.get().unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+
+    // Root blacklists transit-b and raises core-c in one command: one D-Bus
+    // call, one batch (one version), one ledger block; routes move off
+    // transit-b and the data plane drops it.
+    let dp_of = |id: &str| Topology::load(&topology).unwrap().nodes.iter().find(|n| n.id == id).unwrap().dp_id;
+    let (dp_b, dp_c) = (dp_of("transit-b"), dp_of("core-c"));
+    let before = metrics(None)["data_plane_version"].as_u64().unwrap();
+    let out = cli(&s, None, &["nxos", "trust", "update", "--node-id", "transit-b", "--score", "0.1", "--node-id", "core-c", "--score", "0.97", "--bus", b]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("routes recomputed"), "{}", text(&out));
+    let m = metrics(None);
+    assert_eq!(m["changes"], 3, "two pairs are one change: {m}");
+    assert_eq!(m["data_plane_version"].as_u64().unwrap(), before + 1, "two pairs are one batch: {m}");
+    let mut seen = Vec::new();
+    while let Ok(c) = rx.recv_timeout(std::time::Duration::from_secs(10)) {
+        seen.push(c);
+        if c >= 3 {
+            break;
+        }
+    }
+    assert_eq!(seen.last(), Some(&3), "no PropertiesChanged for Changes = 3: {seen:?}");
+    assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(1)).ok(), None, "one change, one signal");
     let topo = json(&cli(&s, None, &["nxos", "topology", "--trust-scores", "--routing-table", "--json", "--bus", b]));
     assert_eq!(via(&topo, "transit-b"), None, "a blacklisted node is still routed to");
     let snap = Tables::open(&pins).unwrap().snapshot().unwrap();
-    assert_eq!(snap.nodes[&dp_id], 100_000);
+    assert_eq!((snap.nodes[&dp_b], snap.nodes[&dp_c]), (100_000, 970_000));
+
+    // With the daemon running, changes made by hand go through it too, and
+    // it keeps them: a prefix mapped by hand survives the next trust change.
+    let dp_c_s = dp_c.to_string();
+    let out = cli(&s, None, &["nxos", "trust", "map", "--prefix", "192.0.2.0/24", "--node-id", &dp_c_s, "--bus", b]);
+    assert!(out.status.success() && text(&out).contains("192.0.2.0/24 -> node"), "{}", text(&out));
+    assert_eq!(metrics(None)["changes"], 4);
+    // A dry run through the daemon says what would change and changes nothing.
+    let version = Tables::open(&pins).unwrap().version().unwrap();
+    let out = cli(&s, None, &["nxos", "trust", "update", "--node-id", "core-c", "--score", "0.5", "--dry-run", "--bus", b]);
+    assert!(out.status.success() && text(&out).contains("would set node core-c: trust 0.5"), "{}", text(&out));
+    assert_eq!(Tables::open(&pins).unwrap().version().unwrap(), version);
+    assert_eq!(metrics(None)["changes"], 4);
+    let out = cli(&s, None, &["nxos", "trust", "update", "--node-id", "core-c", "--score", "0.96", "--bus", b]);
+    assert!(out.status.success(), "{}", text(&out));
+    let snap = Tables::open(&pins).unwrap().snapshot().unwrap();
+    assert_eq!(snap.routes[&"192.0.2.0/24".parse().unwrap()].node, dp_c);
+    assert_eq!(snap.nodes[&dp_c], 960_000);
     let m = metrics(None);
-    assert_eq!(m["changes"], 3);
-    assert!(m["data_plane_version"].as_u64().unwrap() >= 2, "{m}");
+    assert_eq!(m["changes"], 5);
 
     // Offline planning from the same file needs no daemon.
     let offline = json(&cli(&s, Some(NOBODY), &["nxos", "route", "--topology", topo_s, "--policies", pol_s, "--from", "edge-a", "--to", "dc-d", "--json"]));
@@ -123,16 +170,23 @@ fn control_plane_over_dbus_recomputes_and_writes_the_data_plane() {
     assert!(svc.stop().success());
 
     // Every data-plane write of the daemon is a ledger block on the same bus:
-    // the first sync and the trust change (the link changes moved routes but
-    // wrote nothing into the data plane).
+    // the first sync, the two-pair update, the map and the last update (the
+    // link changes moved routes but wrote nothing into the data plane).
     assert!(ledger.stop().success());
     let shown = json(&cli(&s, None, &["ledger", "show", "--store", store.to_str().unwrap(), "--category", "trust", "--json"]));
     let blocks: Vec<&Value> = shown.as_array().unwrap().iter().filter(|b| b["data"]["source"] == "drx-control").collect();
-    assert_eq!(blocks.len(), 2, "{shown}");
+    assert_eq!(blocks.len(), 4, "{shown}");
     assert_eq!(blocks[0]["data"]["version"], 1);
     assert_eq!(blocks[0]["data"]["changes"].as_array().unwrap().len(), 10, "settings, 4 scores, 5 prefixes: {shown}");
-    assert_eq!(blocks[1]["data"]["version"], m["data_plane_version"]);
-    assert_eq!(blocks[1]["data"]["changes"], serde_json::json!([{ "write": "put_node", "node": dp_id, "score": 100_000 }]));
+    let mut pair: Vec<String> = blocks[1]["data"]["changes"].as_array().unwrap().iter().map(|c| c.to_string()).collect();
+    pair.sort();
+    let mut want = vec![
+        serde_json::json!({ "write": "put_node", "node": dp_b, "score": 100_000 }).to_string(),
+        serde_json::json!({ "write": "put_node", "node": dp_c, "score": 970_000 }).to_string(),
+    ];
+    want.sort();
+    assert_eq!(pair, want, "{shown}");
+    assert_eq!(blocks[3]["data"]["version"], m["data_plane_version"]);
 }
 
 #[test]
@@ -168,6 +222,7 @@ fn the_service_refuses_unprivileged_changes_without_the_policy() {
     for args in [
         vec!["nxos", "trust", "update", "--node-id", "transit-b", "--score", "0.1", "--bus", b],
         vec!["nxos", "link", "update", "--a", "core-c", "--b", "dc-d", "--down", "--bus", b],
+        vec!["nxos", "trust", "unmap", "--prefix", "10.1.0.0/16", "--bus", b],
     ] {
         let denied = cli(&s, Some(NOBODY), &args);
         let t = text(&denied);

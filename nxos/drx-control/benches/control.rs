@@ -20,7 +20,7 @@ use std::{
 };
 
 use bpi_drx_control::{
-    engine::Engine,
+    engine::{Engine, Run},
     graph::Graph,
     model::{Attestation, ControlSettings, Link, Node, Topology},
     path::{route, Answer, Constraints},
@@ -286,7 +286,7 @@ fn main() {
             for i in 0..50 {
                 let node = format!("n{}", r.below(n));
                 let t = Instant::now();
-                let change = engine.trust_update(&node, 0.3 + (i % 7) as f64 * 0.1).unwrap();
+                let change = engine.trust_update(&[(node, 0.3 + (i % 7) as f64 * 0.1)], Run::Apply).unwrap();
                 total.push(t.elapsed());
                 recompute.push(Duration::from_micros(change.recompute_us));
             }

@@ -12,20 +12,20 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use bpi_drx_data::{
-    layout::{score_from_f64, Settings},
-    plan::{plan, Op, Route},
+    layout::{score_from_f64, score_to_f64, Settings},
+    plan::Op,
     prefix::Prefix,
-    tables::Tables,
+    tables::{Batch, Tables},
 };
 use bpi_support::record::{NotRecorded, Recorder};
-use serde::Serialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use crate::{
     graph::{node_trust, Graph},
     model::{check_range, Topology},
     path::{self, Answer, Constraints, Scratch},
     policy::Intent,
+    wire::{Change, DataPlaneOutcome, LinkChange, LinkView, NodeView, PathCheck, RouteView, TopologyView},
 };
 
 /// One routing-table entry, by node index (names are rendered on query).
@@ -36,26 +36,40 @@ pub struct RouteRow {
     pub cost: u64,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, zbus::zvariant::Type)]
+#[zvariant(crate = "zbus::zvariant")]
 pub struct Metrics {
-    pub nodes: usize,
-    pub links: usize,
-    pub blacklisted: usize,
+    pub nodes: u64,
+    pub links: u64,
+    pub blacklisted: u64,
     pub changes: u64,
     pub recomputes: u64,
     pub last_recompute_us: u64,
-    pub data_plane_version: Option<u64>,
+    /// Whether the data plane's maps are pinned here; their version if so.
+    pub data_plane_pinned: bool,
+    pub data_plane_version: u64,
     pub data_plane_writes: u64,
 }
 
 /// What the data plane should hold, in its own terms.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct DataPlaneState {
-    threshold: u32,
+    settings: Settings,
     scores: BTreeMap<u32, u32>,
     routes: BTreeMap<Prefix, u32>,
 }
 
+/// What an operator set in the data plane by hand (`nxos trust map|unmap|
+/// remove|settings`, or a score for a number the Meta-RIB does not know),
+/// kept over what the Meta-RIB derives: None removes.
+#[derive(Clone, Debug, Default)]
+struct ByHand {
+    scores: BTreeMap<u32, Option<u32>>,
+    routes: BTreeMap<Prefix, Option<u32>>,
+    settings: Option<Settings>,
+}
+
+#[derive(Clone)]
 pub struct Engine {
     pub topology: Topology,
     pub graph: Graph,
@@ -63,17 +77,18 @@ pub struct Engine {
     pub routing: Vec<RouteRow>,
     pub metrics: Metrics,
     pin_dir: Option<PathBuf>,
-    written: Option<DataPlaneState>,
+    by_hand: ByHand,
+    /// What the maps held at a version, as this engine last wrote or read them.
+    written: Option<(u64, DataPlaneState)>,
     scratch: Scratch,
     recorder: Arc<dyn Recorder>,
 }
 
-/// What one change did, for the caller and the ledger.
-#[derive(Clone, Debug, Serialize)]
-pub struct Change {
-    pub what: Value,
-    pub recompute_us: u64,
-    pub data_plane: Option<String>,
+/// Whether a change is made or only planned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Run {
+    Apply,
+    DryRun,
 }
 
 impl Engine {
@@ -92,6 +107,7 @@ impl Engine {
             routing: Vec::new(),
             metrics: Metrics::default(),
             pin_dir,
+            by_hand: ByHand::default(),
             written: None,
             scratch: Scratch::default(),
             recorder: Arc::new(NotRecorded),
@@ -107,16 +123,16 @@ impl Engine {
     }
 
     fn node(&self, id: &str) -> Result<usize> {
+        self.find(id).with_context(|| format!("unknown node '{id}'"))
+    }
+
+    /// A node by id, or by its data-plane number.
+    fn find(&self, id: &str) -> Option<usize> {
         if let Some(i) = self.graph.find(id) {
-            return Ok(i as usize);
+            return Some(i as usize);
         }
-        // A data-plane id works too.
-        if let Ok(dp) = id.parse::<u32>() {
-            if let Some(i) = self.topology.nodes.iter().position(|n| n.dp_id == dp) {
-                return Ok(i);
-            }
-        }
-        bail!("unknown node '{id}'")
+        let dp = id.parse::<u32>().ok()?;
+        self.topology.nodes.iter().position(|n| n.dp_id == dp)
     }
 
     /// Recomputes the routing table from the local node.
@@ -134,90 +150,199 @@ impl Engine {
         let us = started.elapsed().as_micros() as u64;
         self.metrics.recomputes += 1;
         self.metrics.last_recompute_us = us;
-        self.metrics.nodes = self.graph.len();
-        self.metrics.links = self.graph.target.len() / 2;
-        self.metrics.blacklisted = self.graph.trust.iter().filter(|t| **t < self.topology.settings.blacklist_threshold).count();
+        self.metrics.nodes = self.graph.len() as u64;
+        self.metrics.links = (self.graph.target.len() / 2) as u64;
+        self.metrics.blacklisted = self.graph.trust.iter().filter(|t| **t < self.topology.settings.blacklist_threshold).count() as u64;
         us
     }
 
-    /// Sets a node's trust score (an operator's override of its inputs).
-    pub fn trust_update(&mut self, id: &str, score: f64) -> Result<Change> {
-        check_range(score, 0.0, 1.0).map_err(|e| anyhow::anyhow!("score: {e}"))?;
-        let i = self.node(id)?;
-        self.topology.nodes[i].score_override = Some(score);
-        self.graph.set_trust(i as u32, node_trust(&self.topology.nodes[i]));
-        self.changed(json!({ "node": self.graph.ids[i], "score": score }))
+    /// Runs `change` here, or on a copy that is then thrown away (a dry run:
+    /// the answer says what would happen, nothing changes).
+    fn run(&mut self, run: Run, change: impl FnOnce(&mut Engine, Run) -> Result<Change>) -> Result<Change> {
+        match run {
+            Run::Apply => change(self, run),
+            Run::DryRun => change(&mut self.clone(), run),
+        }
     }
 
-    /// Changes a link's measurements, or takes it up or down.
-    #[allow(clippy::too_many_arguments)]
-    pub fn link_update(&mut self, a: &str, b: &str, latency_ms: f64, bandwidth_mbps: f64, loss: f64, carbon: f64, up: bool) -> Result<Change> {
+    /// Sets nodes' trust scores (an operator's override of their inputs), as
+    /// one batch: every pair is checked before any is set. A number the
+    /// Meta-RIB does not know is a data-plane node set by hand.
+    pub fn trust_update(&mut self, updates: &[(String, f64)], run: Run) -> Result<Change> {
+        let mut targets = Vec::with_capacity(updates.len());
+        for (id, score) in updates {
+            check_range(*score, 0.0, 1.0).map_err(|e| anyhow::anyhow!("node {id}: score: {e}"))?;
+            let target = match (self.find(id), id.parse::<u32>()) {
+                (Some(i), _) => Ok(i),
+                (None, Ok(dp)) => Err(dp),
+                (None, Err(_)) => bail!("unknown node '{id}'"),
+            };
+            targets.push((target, *score, id));
+        }
+        self.run(run, |e, run| {
+            let mut summary = Vec::new();
+            for (target, score, id) in targets {
+                match target {
+                    Ok(i) => {
+                        let was = e.graph.trust[i];
+                        e.topology.nodes[i].score_override = Some(score);
+                        e.graph.set_trust(i as u32, node_trust(&e.topology.nodes[i]));
+                        summary.push(format!("node {}: trust {score} (was {was:.6})", e.graph.ids[i]));
+                    }
+                    Err(dp) => {
+                        e.by_hand.scores.insert(dp, Some(score_from_f64(score)?));
+                        summary.push(format!("data-plane node {id}: score {score} (not in the Meta-RIB)"));
+                    }
+                }
+            }
+            e.changed(summary, run)
+        })
+    }
+
+    /// Changes a link's measurements, or takes it up or down; what `change`
+    /// leaves out keeps its value.
+    pub fn link_update(&mut self, a: &str, b: &str, change: &LinkChange, run: Run) -> Result<Change> {
+        let (ia, ib) = (self.node(a)? as u32, self.node(b)? as u32);
+        let g = &self.graph;
+        let e = g.edges(ia).find(|e| g.target[*e] == ib).with_context(|| format!("no link between '{a}' and '{b}'"))?;
+        let latency_ms = change.latency_ms.unwrap_or(g.latency_of(e));
+        let bandwidth_mbps = change.bandwidth_mbps.unwrap_or(g.bandwidth_of(e));
+        let loss = change.loss.unwrap_or(g.loss_of(e));
+        let carbon = change.carbon.unwrap_or(g.carbon_of(e));
+        let up = change.up.unwrap_or(g.up_of(e));
         for (key, v, hi) in [("latency_ms", latency_ms, 1e9), ("bandwidth_mbps", bandwidth_mbps, 1e12), ("loss", loss, 1.0), ("carbon", carbon, 1e12)] {
             check_range(v, 0.0, hi).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
         }
-        let (ia, ib) = (self.node(a)? as u32, self.node(b)? as u32);
-        let g = &self.graph;
-        let li = g.edges(ia).find(|e| g.target[*e] == ib).map(|e| g.link[e]).with_context(|| format!("no link between '{a}' and '{b}'"))?;
-        self.graph.set_link(li, latency_ms, bandwidth_mbps, loss, carbon, up);
-        self.changed(json!({ "link": [a, b], "latency_ms": latency_ms, "bandwidth_mbps": bandwidth_mbps, "loss": loss, "carbon": carbon, "up": up }))
+        let li = g.link[e];
+        self.run(run, |e, run| {
+            e.graph.set_link(li, latency_ms, bandwidth_mbps, loss, carbon, up);
+            let state = if up { "up" } else { "down" };
+            e.changed(vec![format!("link {a}-{b}: latency {latency_ms} ms, bandwidth {bandwidth_mbps} Mbit/s, loss {loss}, carbon {carbon}, {state}")], run)
+        })
     }
 
-    fn changed(&mut self, what: Value) -> Result<Change> {
+    /// Data-plane operations by hand, as one batch. A score for a node the
+    /// Meta-RIB knows is its trust override (routes are recomputed); the
+    /// threshold is also the control plane's blacklist threshold.
+    pub fn data_plane_update(&mut self, ops: &[Op], run: Run) -> Result<Change> {
+        if ops.is_empty() {
+            bail!("nothing to change: the batch is empty");
+        }
+        self.run(run, |e, run| {
+            let mut summary = Vec::new();
+            for op in ops {
+                match op {
+                    Op::SetScore { node, score } => {
+                        let f = score_to_f64(*score);
+                        check_range(f, 0.0, 1.0).map_err(|err| anyhow::anyhow!("node {node}: score: {err}"))?;
+                        match e.topology.nodes.iter().position(|n| n.dp_id == *node) {
+                            Some(i) => {
+                                e.topology.nodes[i].score_override = Some(f);
+                                e.graph.set_trust(i as u32, f);
+                            }
+                            None => {
+                                e.by_hand.scores.insert(*node, Some(*score));
+                            }
+                        }
+                        summary.push(format!("node {node}: score {f}"));
+                    }
+                    Op::RemoveNode { node } => {
+                        e.by_hand.scores.insert(*node, None);
+                        summary.push(format!("node {node}: removed from the data plane"));
+                    }
+                    Op::MapPrefix { prefix, node } => {
+                        e.by_hand.routes.insert(*prefix, Some(*node));
+                        summary.push(format!("{prefix} -> node {node}"));
+                    }
+                    Op::UnmapPrefix { prefix } => {
+                        e.by_hand.routes.insert(*prefix, None);
+                        summary.push(format!("{prefix}: unmapped"));
+                    }
+                    Op::Settings(s) => {
+                        let threshold = score_to_f64(s.threshold);
+                        if threshold != e.topology.settings.blacklist_threshold {
+                            e.topology.settings.blacklist_threshold = threshold;
+                            e.graph.settings.blacklist_threshold = threshold;
+                        }
+                        e.by_hand.settings = Some(*s);
+                        summary.push(format!("settings: threshold {threshold}, unknown {:?}, unparseable {:?}, cache {}", s.unknown_verdict, s.default_verdict, s.cache));
+                    }
+                }
+            }
+            e.changed(summary, run)
+        })
+    }
+
+    fn changed(&mut self, summary: Vec<String>, run: Run) -> Result<Change> {
         self.metrics.changes += 1;
         let recompute_us = self.recompute_routing();
-        let data_plane = self.sync_data_plane()?;
-        Ok(Change { what, recompute_us, data_plane })
+        let data_plane = self.sync(run)?;
+        Ok(Change { dry_run: run == Run::DryRun, summary, recompute_us, data_plane })
     }
 
-    fn desired(&self) -> Result<DataPlaneState> {
-        let mut s = DataPlaneState { threshold: score_from_f64(self.topology.settings.blacklist_threshold)?, ..Default::default() };
+    /// What the maps should hold, given what they hold (`current`, for the
+    /// settings the Meta-RIB does not decide).
+    fn desired(&self, current: &Settings) -> Result<DataPlaneState> {
+        let base = self.by_hand.settings.unwrap_or(*current);
+        let settings = Settings { threshold: score_from_f64(self.topology.settings.blacklist_threshold)?, applied: current.applied, ..base };
+        let mut s = DataPlaneState { settings, ..Default::default() };
         for (n, trust) in self.topology.nodes.iter().zip(&self.graph.trust) {
             s.scores.insert(n.dp_id, score_from_f64(*trust)?);
             for p in &n.prefixes {
                 s.routes.insert(*p, n.dp_id);
             }
         }
+        for (node, score) in &self.by_hand.scores {
+            match score {
+                Some(v) => s.scores.insert(*node, *v),
+                None => s.scores.remove(node),
+            };
+        }
+        for (prefix, node) in &self.by_hand.routes {
+            match node {
+                Some(n) => s.routes.insert(*prefix, *n),
+                None => s.routes.remove(prefix),
+            };
+        }
         Ok(s)
     }
 
-    /// Writes scores, prefixes and the blacklist threshold into the data
-    /// plane's maps when they are pinned, as one atomic batch of the
-    /// differences. None when there are no maps.
-    pub fn sync_data_plane(&mut self) -> Result<Option<String>> {
-        let Some(dir) = &self.pin_dir else { return Ok(None) };
-        let Ok(mut tables) = Tables::open(dir) else { return Ok(None) };
-        let want = self.desired()?;
-        let mut have = match &self.written {
-            Some(w) => w.clone(),
-            None => {
-                let snap = tables.snapshot()?;
-                DataPlaneState { threshold: snap.settings.threshold, scores: snap.nodes, routes: snap.routes.iter().map(|(p, r)| (*p, r.node)).collect() }
+    /// Brings the data plane's maps to what this engine wants, when they are
+    /// pinned, as one batch of the differences through the maps' one writer.
+    pub fn sync_data_plane(&mut self) -> Result<DataPlaneOutcome> {
+        self.sync(Run::Apply)
+    }
+
+    fn sync(&mut self, run: Run) -> Result<DataPlaneOutcome> {
+        let Some(dir) = self.pin_dir.clone() else { return Ok(DataPlaneOutcome::default()) };
+        let Ok(mut tables) = Tables::open(&dir) else { return Ok(DataPlaneOutcome::default()) };
+        let recorder = self.recorder.clone();
+        let batch = Batch { source: "drx-control", recorder: recorder.as_ref(), dry_run: run == Run::DryRun };
+        let mut wanted = None;
+        let written = tables.write_batch(&batch, |t| {
+            // What the maps hold: as last written, unless someone else wrote since.
+            let version = t.version()?;
+            let have = match &self.written {
+                Some((v, state)) if *v == version => state.clone(),
+                _ => {
+                    let snap = t.snapshot()?;
+                    DataPlaneState { settings: snap.settings, scores: snap.nodes, routes: snap.routes.iter().map(|(p, r)| (*p, r.node)).collect() }
+                }
+            };
+            let want = self.desired(&have.settings)?;
+            let ops = diff(&have, &want);
+            wanted = Some(want);
+            Ok(ops)
+        })?;
+        if run == Run::Apply {
+            if let Some(want) = wanted {
+                self.written = Some((written.version, want));
             }
-        };
-        // The threshold is also set by bpi-drx-data.service from its own file
-        // when it (re)starts: always compare against what the maps hold.
-        have.threshold = tables.settings()?.threshold;
-        let mut ops = Vec::new();
-        if want.threshold != have.threshold {
-            ops.push(Op::Settings(Settings { threshold: want.threshold, ..tables.settings()? }));
+            self.metrics.data_plane_writes += written.plan.writes.len() as u64;
         }
-        let stale_nodes: BTreeSet<u32> = have.scores.keys().filter(|k| !want.scores.contains_key(k)).copied().collect();
-        ops.extend(stale_nodes.iter().map(|n| Op::RemoveNode { node: *n }));
-        ops.extend(have.routes.keys().filter(|p| !want.routes.contains_key(p)).map(|p| Op::UnmapPrefix { prefix: *p }));
-        ops.extend(want.scores.iter().filter(|(n, s)| have.scores.get(n) != Some(s)).map(|(n, s)| Op::SetScore { node: *n, score: *s }));
-        ops.extend(want.routes.iter().filter(|(p, n)| have.routes.get(p) != Some(n)).map(|(p, n)| Op::MapPrefix { prefix: *p, node: *n }));
-        if ops.is_empty() {
-            self.written = Some(want);
-            return Ok(Some("data plane already up to date".into()));
-        }
-        let routes: BTreeMap<Prefix, Route> = if bpi_drx_data::plan::Plan::touches_routes(&ops) { tables.routes()? } else { BTreeMap::new() };
-        let p = plan(&ops, &routes)?;
-        let applied = tables.apply(&p)?;
-        self.metrics.data_plane_version = Some(applied.version);
-        self.metrics.data_plane_writes += p.writes.len() as u64;
-        self.written = Some(want);
-        let outcome = self.recorder.record("trust", "update", &json!({ "version": applied.version, "source": "drx-control", "changes": p.writes }));
-        Ok(Some(format!("data plane version {}: {} change(s); {outcome}", applied.version, p.writes.len())))
+        self.metrics.data_plane_pinned = true;
+        self.metrics.data_plane_version = written.version;
+        Ok(DataPlaneOutcome { pinned: true, version: written.version, writes: written.plan.writes.len() as u32, recorded: written.recorded.unwrap_or_default() })
     }
 
     pub fn constraints(&self, intent: Option<&str>) -> Result<(Constraints, usize)> {
@@ -233,10 +358,10 @@ impl Engine {
     }
 
     /// A path given by hand: its figures, and whether it meets the intent.
-    pub fn check(&self, nodes: &[String], intent: Option<&str>) -> Result<Value> {
+    pub fn check(&self, nodes: &[String], intent: Option<&str>) -> Result<PathCheck> {
         let (c, _) = self.constraints(intent)?;
         let p = path::check_path(&self.graph, nodes)?;
-        Ok(json!({ "path": p, "meets_constraints": path::satisfies(&self.graph, &c, &p) }))
+        Ok(PathCheck { meets_constraints: path::satisfies(&self.graph, &c, &p), path: p })
     }
 
     pub fn route(&self, from: &str, to: &str, intent: Option<&str>, backups: Option<usize>) -> Result<Answer> {
@@ -244,41 +369,57 @@ impl Engine {
         path::route(&self.graph, from, to, &c, backups.unwrap_or(k))
     }
 
-    pub fn topology_json(&self, trust_scores: bool, routing_table: bool) -> Value {
-        let nodes: Vec<Value> = self
-            .topology
-            .nodes
-            .iter()
-            .zip(&self.graph.trust)
-            .zip(&self.graph.ids)
-            .map(|((n, t), id)| {
-                let mut v = json!({ "id": id, "dp_id": n.dp_id, "jurisdiction": n.jurisdiction, "attestation": n.attestation, "prefixes": n.prefixes });
-                if trust_scores {
-                    v["trust"] = json!(t);
-                    v["blacklisted"] = json!(*t < self.topology.settings.blacklist_threshold);
-                    v["override"] = json!(n.score_override.is_some());
-                }
-                v
+    /// Nodes (with their trust) and links.
+    pub fn topology_view(&self) -> TopologyView {
+        let threshold = self.topology.settings.blacklist_threshold;
+        let nodes = (self.topology.nodes.iter().zip(&self.graph.trust).zip(&self.graph.ids))
+            .map(|((n, t), id)| NodeView {
+                id: id.clone(),
+                dp_id: n.dp_id,
+                jurisdiction: n.jurisdiction.clone(),
+                attestation: format!("{:?}", n.attestation).to_lowercase(),
+                prefixes: n.prefixes.iter().map(|p| p.to_string()).collect(),
+                trust: *t,
+                blacklisted: *t < threshold,
+                score_override: n.score_override.is_some(),
             })
             .collect();
         let g = &self.graph;
-        let links: Vec<Value> = (0..g.target.len())
+        let links = (0..g.target.len())
             .filter(|e| (*e as u32) < g.reverse[*e])
             .map(|e| {
                 let from = g.target[g.reverse[e] as usize] as usize;
-                json!({ "a": g.ids[from], "b": g.ids[g.target[e] as usize], "latency_ms": g.latency_of(e), "bandwidth_mbps": g.bandwidth_of(e), "loss": g.loss_of(e), "carbon": g.carbon_of(e), "up": g.up_of(e) })
+                LinkView {
+                    a: g.ids[from].clone(),
+                    b: g.ids[g.target[e] as usize].clone(),
+                    latency_ms: g.latency_of(e),
+                    bandwidth_mbps: g.bandwidth_of(e),
+                    loss: g.loss_of(e),
+                    carbon: g.carbon_of(e),
+                    up: g.up_of(e),
+                }
             })
             .collect();
-        let mut v = json!({ "local": self.topology.settings.local, "nodes": nodes, "links": links });
-        if routing_table {
-            let ids = &self.graph.ids;
-            let rows: Vec<Value> = self
-                .routing
-                .iter()
-                .map(|r| json!({ "destination": ids[r.destination as usize], "next_hop": ids[r.next_hop as usize], "cost": r.cost }))
-                .collect();
-            v["routing_table"] = json!(rows);
-        }
-        v
+        TopologyView { local: self.topology.settings.local.clone().unwrap_or_default(), nodes, links }
     }
+
+    /// The routing table from the local node.
+    pub fn routing_table(&self) -> Vec<RouteView> {
+        let ids = &self.graph.ids;
+        self.routing.iter().map(|r| RouteView { destination: ids[r.destination as usize].clone(), next_hop: ids[r.next_hop as usize].clone(), cost: r.cost }).collect()
+    }
+}
+
+/// The ops that take the maps from `have` to `want`.
+fn diff(have: &DataPlaneState, want: &DataPlaneState) -> Vec<Op> {
+    let mut ops = Vec::new();
+    if (Settings { applied: 0, ..want.settings }) != (Settings { applied: 0, ..have.settings }) {
+        ops.push(Op::Settings(want.settings));
+    }
+    let stale_nodes: BTreeSet<u32> = have.scores.keys().filter(|k| !want.scores.contains_key(k)).copied().collect();
+    ops.extend(stale_nodes.iter().map(|n| Op::RemoveNode { node: *n }));
+    ops.extend(have.routes.keys().filter(|p| !want.routes.contains_key(p)).map(|p| Op::UnmapPrefix { prefix: *p }));
+    ops.extend(want.scores.iter().filter(|(n, s)| have.scores.get(n) != Some(s)).map(|(n, s)| Op::SetScore { node: *n, score: *s }));
+    ops.extend(want.routes.iter().filter(|(p, n)| have.routes.get(p) != Some(n)).map(|(p, n)| Op::MapPrefix { prefix: *p, node: *n }));
+    ops
 }

@@ -9,7 +9,8 @@
 //! - `policy`: intent policies compiled into constraints.
 //! - `engine`: the live state: changes, recomputation, the routing table and
 //!   the data plane's maps.
-//! - `service`: the daemon on D-Bus (org.bpi.os.Control1).
+//! - `service`: the daemon on D-Bus (org.bpi.os.Control1); `wire`: the D-Bus
+//!   types it takes and returns.
 
 pub mod engine;
 pub mod graph;
@@ -18,6 +19,7 @@ pub mod path;
 pub mod policy;
 pub mod service;
 pub mod trust;
+pub mod wire;
 
 /// Where the daemon reads its Meta-RIB and intents unless told otherwise.
 pub const DEFAULT_TOPOLOGY: &str = "/bpi/config/system/topology.toml";

@@ -20,7 +20,7 @@ use std::{
 };
 
 use anyhow::{bail, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{graph::Graph, model::Attestation};
 
@@ -39,7 +39,10 @@ pub struct Constraints {
     pub carbon_max: Option<f64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// On D-Bus a struct of the fields below but `edges` (adjacency entries mean
+/// nothing outside this daemon).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, zbus::zvariant::Type)]
+#[zvariant(crate = "zbus::zvariant", signature = "(asttdddddd)")]
 pub struct PathInfo {
     pub nodes: Vec<String>,
     /// Sum of hop costs (the quantity minimised).
@@ -147,7 +150,7 @@ fn filter(g: &Graph, c: &Constraints, src: u32, upto: usize) -> Filter {
 }
 
 /// Scratch space reused across searches on graphs of one size.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Scratch {
     dist: Vec<(u64, u32)>,
     pred: Vec<u32>,
@@ -246,19 +249,24 @@ enum Walk {
     Backward,
 }
 
-/// Dijkstra by (cost, hops) from `src`; stops at `dst` when given. Weights are
-/// chosen by `weight` (cost, or latency/carbon scaled, for bounds).
-#[allow(clippy::too_many_arguments)]
-fn dijkstra(
-    g: &Graph,
-    f: &Filter,
-    banned: &Banned,
-    src: u32,
-    dst: Option<u32>,
-    s: &mut Scratch,
-    weight: &dyn Fn(usize) -> u64,
+/// Where a search starts, where it may stop, and which way it walks.
+#[derive(Clone, Copy)]
+struct Search {
+    from: u32,
+    until: Option<u32>,
     walk: Walk,
-) {
+}
+
+impl Search {
+    fn forward(from: u32, until: Option<u32>) -> Search {
+        Search { from, until, walk: Walk::Forward }
+    }
+}
+
+/// Dijkstra by (cost, hops) from `search.from`; stops at `search.until` when
+/// given. Weights are chosen by `weight` (cost, or latency/carbon scaled, for bounds).
+fn dijkstra(g: &Graph, f: &Filter, banned: &Banned, search: Search, s: &mut Scratch, weight: &dyn Fn(usize) -> u64) {
+    let Search { from: src, until: dst, walk } = search;
     let n = g.len();
     s.dist.clear();
     s.dist.resize(n, (u64::MAX, u32::MAX));
@@ -341,7 +349,7 @@ fn best_edges(g: &Graph, f: &Filter, banned: &Banned, src: u32, dst: u32, spent:
     }
     // Lower bounds to dst, by reverse searches over the same filter.
     let bound = |s: &mut Scratch, w: &dyn Fn(usize) -> u64| -> Vec<u64> {
-        dijkstra(g, f, banned, dst, None, s, w, Walk::Backward);
+        dijkstra(g, f, banned, Search { from: dst, until: None, walk: Walk::Backward }, s, w);
         s.dist.iter().map(|d| d.0).collect()
     };
     let lb_cost = bound(s, &|e| g.cost[e]);
@@ -534,7 +542,7 @@ fn explain(g: &Graph, c: &Constraints, src: u32, dst: u32, s: &mut Scratch) -> R
         latency_budget: f64::INFINITY,
         carbon_max: f64::INFINITY,
     };
-    dijkstra(g, &open, &none, src, Some(dst), s, &|e| g.cost[e], Walk::Forward);
+    dijkstra(g, &open, &none, Search::forward(src, Some(dst)), s, &|e| g.cost[e]);
     if s.dist[dst as usize].0 == u64::MAX {
         return Ok(Answer::NoPath { constraint: "topology".into(), reason: format!("'{}' and '{}' are not connected by links that are up", g.ids[src as usize], g.ids[dst as usize]) });
     }
@@ -554,7 +562,7 @@ fn explain(g: &Graph, c: &Constraints, src: u32, dst: u32, s: &mut Scratch) -> R
                     // The least latency (or carbon) possible under the earlier constraints.
                     let earlier = filter(g, c, src, upto - 1);
                     let scaled: &dyn Fn(usize) -> u64 = if *step == "latency_budget" { &|e| (g.latency_of(e) * 1e6).round() as u64 } else { &|e| (g.carbon_of(e) * 1e6).round() as u64 };
-                    dijkstra(g, &Filter { latency_budget: f64::INFINITY, carbon_max: f64::INFINITY, ..earlier }, &none, src, Some(dst), s, scaled, Walk::Forward);
+                    dijkstra(g, &Filter { latency_budget: f64::INFINITY, carbon_max: f64::INFINITY, ..earlier }, &none, Search::forward(src, Some(dst)), s, scaled);
                     let least = s.dist[dst as usize].0 as f64 / 1e6;
                     let reason = if least > limit + EPS {
                         format!("{budget_name} {limit}: the least possible under the other constraints is {least:.3}")
@@ -565,7 +573,7 @@ fn explain(g: &Graph, c: &Constraints, src: u32, dst: u32, s: &mut Scratch) -> R
                 }
             }
             _ => {
-                dijkstra(g, &f, &none, src, Some(dst), s, &|e| g.cost[e], Walk::Forward);
+                dijkstra(g, &f, &none, Search::forward(src, Some(dst)), s, &|e| g.cost[e]);
                 if s.dist[dst as usize].0 == u64::MAX {
                     let what = match *step {
                         "blacklist" => format!("every path crosses a node below the blacklist threshold {}", g.settings.blacklist_threshold),
@@ -587,7 +595,7 @@ fn explain(g: &Graph, c: &Constraints, src: u32, dst: u32, s: &mut Scratch) -> R
 /// routing table (destination -> next hop, cost).
 pub fn tree(g: &Graph, src: u32, s: &mut Scratch) -> Vec<Option<(u32, u64)>> {
     let f = filter(g, &Constraints::default(), src, 1);
-    dijkstra(g, &f, &Banned::default(), src, None, s, &|e| g.cost[e], Walk::Forward);
+    dijkstra(g, &f, &Banned::default(), Search::forward(src, None), s, &|e| g.cost[e]);
     (0..g.len())
         .map(|v| {
             if v as u32 == src || s.dist[v].0 == u64::MAX {

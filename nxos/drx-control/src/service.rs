@@ -6,16 +6,20 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use bpi_support::dbus::{block_stop_signals, serve_until_signal, Admins};
-use zbus::{fdo, interface, message::Header, Connection};
+use bpi_drx_data::plan::Op;
+use zbus::{fdo, interface, message::Header, object_server::SignalEmitter, Connection};
 
-use crate::engine::Engine;
+use crate::{
+    engine::{Engine, Metrics, Run},
+    wire::{Change, DataPlaneOp, LinkChange, PathCheck, RouteReply, RouteView, TopologyView},
+};
 
 pub const BUS_NAME: &str = "org.bpi.os.Control1";
 pub const OBJECT_PATH: &str = "/org/bpi/os/Control1";
 /// The methods that change state: root and the admin group only, denied to
 /// everyone else by the bus policy (units/dbus/org.bpi.os.Control1.conf,
 /// checked against this list by a test) and refused again by the service.
-pub const ADMIN_METHODS: &[&str] = &["trust_update", "link_update"];
+pub const ADMIN_METHODS: &[&str] = &["trust_update", "link_update", "data_plane_update"];
 
 pub struct ControlService {
     engine: Arc<Mutex<Engine>>,
@@ -30,18 +34,31 @@ fn locked(engine: &Mutex<Engine>) -> fdo::Result<std::sync::MutexGuard<'_, Engin
     engine.lock().map_err(|_| fdo::Error::Failed("the engine's lock is poisoned".into()))
 }
 
+fn run_of(dry_run: bool) -> Run {
+    if dry_run {
+        Run::DryRun
+    } else {
+        Run::Apply
+    }
+}
+
 impl ControlService {
     fn engine(&self) -> fdo::Result<std::sync::MutexGuard<'_, Engine>> {
         locked(&self.engine)
     }
 
-    /// Runs a change on a thread of its own: it writes the data plane's maps
-    /// and records in the ledger over D-Bus, which must not block the
-    /// executor that serves this connection.
-    async fn change(&self, f: impl FnOnce(&mut Engine) -> anyhow::Result<crate::engine::Change> + Send + 'static) -> fdo::Result<String> {
+    /// Runs a change on a thread of its own (it writes the data plane's maps
+    /// and records in the ledger over D-Bus, which must not block the executor
+    /// that serves this connection), then tells watchers what changed.
+    async fn change(&self, emitter: &SignalEmitter<'_>, f: impl FnOnce(&mut Engine) -> anyhow::Result<Change> + Send + 'static) -> fdo::Result<Change> {
         let engine = self.engine.clone();
         let change = blocking::unblock(move || locked(&engine).and_then(|mut e| f(&mut e).map_err(invalid))).await?;
-        serde_json::to_string(&change).map_err(|e| fdo::Error::Failed(e.to_string()))
+        if !change.dry_run {
+            // A watcher that missed these reads the properties again: not worth failing the change.
+            let _ = self.changes_changed(emitter).await;
+            let _ = self.data_plane_version_changed(emitter).await;
+        }
+        Ok(change)
     }
 }
 
@@ -52,55 +69,93 @@ impl ControlService {
         "pong".into()
     }
 
-    /// Nodes and links as JSON, with trust scores and the routing table if asked.
+    /// Nodes, with their trust, and links.
     #[zbus(name = "topology")]
-    fn topology(&self, trust_scores: bool, routing_table: bool) -> fdo::Result<String> {
-        Ok(self.engine()?.topology_json(trust_scores, routing_table).to_string())
+    fn topology(&self) -> fdo::Result<TopologyView> {
+        Ok(self.engine()?.topology_view())
     }
 
-    /// Best path and backups (JSON); intent "" for none, backups < 0 for the default.
+    /// The routing table from the local node.
+    #[zbus(name = "routing_table")]
+    fn routing_table(&self) -> fdo::Result<Vec<RouteView>> {
+        Ok(self.engine()?.routing_table())
+    }
+
+    /// Best path and backups; intent "" for none, backups < 0 for the default.
     #[zbus(name = "route")]
-    fn route(&self, from: String, to: String, intent: String, backups: i32) -> fdo::Result<String> {
+    fn route(&self, from: String, to: String, intent: String, backups: i32) -> fdo::Result<RouteReply> {
         let intent = (!intent.is_empty()).then_some(intent.as_str());
         let k = usize::try_from(backups).ok();
-        let answer = self.engine()?.route(&from, &to, intent, k).map_err(invalid)?;
-        serde_json::to_string(&answer).map_err(|e| fdo::Error::Failed(e.to_string()))
+        Ok(self.engine()?.route(&from, &to, intent, k).map_err(invalid)?.into())
     }
 
     /// A hand-given path (node ids) checked: figures and whether it meets the intent.
     #[zbus(name = "check_path")]
-    fn check_path(&self, nodes: Vec<String>, intent: String) -> fdo::Result<String> {
+    fn check_path(&self, nodes: Vec<String>, intent: String) -> fdo::Result<PathCheck> {
         let intent = (!intent.is_empty()).then_some(intent.as_str());
-        Ok(self.engine()?.check(&nodes, intent).map_err(invalid)?.to_string())
+        self.engine()?.check(&nodes, intent).map_err(invalid)
     }
 
     #[zbus(name = "metrics")]
-    fn metrics(&self) -> fdo::Result<String> {
-        serde_json::to_string(&self.engine()?.metrics).map_err(|e| fdo::Error::Failed(e.to_string()))
+    fn metrics(&self) -> fdo::Result<Metrics> {
+        Ok(self.engine()?.metrics.clone())
     }
 
+    /// Changes made since the daemon started; a watcher waits for its PropertiesChanged.
+    #[zbus(property, name = "Changes")]
+    fn changes(&self) -> fdo::Result<u64> {
+        Ok(self.engine()?.metrics.changes)
+    }
+
+    /// The data plane's version as last written or read (0 with no maps).
+    #[zbus(property, name = "DataPlaneVersion")]
+    fn data_plane_version(&self) -> fdo::Result<u64> {
+        Ok(self.engine()?.metrics.data_plane_version)
+    }
+
+    /// Sets nodes' trust (names, or data-plane numbers) as one batch.
     #[zbus(name = "trust_update")]
-    async fn trust_update(&self, node: String, score: f64, #[zbus(header)] header: Header<'_>, #[zbus(connection)] conn: &Connection) -> fdo::Result<String> {
+    async fn trust_update(
+        &self,
+        updates: Vec<(String, f64)>,
+        dry_run: bool,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> fdo::Result<Change> {
         self.admins.require(&header, conn, "changing trust").await?;
-        self.change(move |e| e.trust_update(&node, score)).await
+        self.change(&emitter, move |e| e.trust_update(&updates, run_of(dry_run))).await
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Changes the link between two nodes; keys of `change` (a{sv}):
+    /// latency_ms, bandwidth_mbps, loss, carbon, up.
     #[zbus(name = "link_update")]
     async fn link_update(
         &self,
-        a: String,
-        b: String,
-        latency_ms: f64,
-        bandwidth_mbps: f64,
-        loss: f64,
-        carbon: f64,
-        up: bool,
+        ends: (String, String),
+        change: LinkChange,
+        dry_run: bool,
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
-    ) -> fdo::Result<String> {
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> fdo::Result<Change> {
         self.admins.require(&header, conn, "changing links").await?;
-        self.change(move |e| e.link_update(&a, &b, latency_ms, bandwidth_mbps, loss, carbon, up)).await
+        self.change(&emitter, move |e| e.link_update(&ends.0, &ends.1, &change, run_of(dry_run))).await
+    }
+
+    /// Data-plane operations by hand (map, unmap, remove, scores, settings), as one batch.
+    #[zbus(name = "data_plane_update")]
+    async fn data_plane_update(
+        &self,
+        ops: Vec<DataPlaneOp>,
+        dry_run: bool,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> fdo::Result<Change> {
+        self.admins.require(&header, conn, "changing the data plane").await?;
+        let ops = ops.iter().map(Op::try_from).collect::<anyhow::Result<Vec<_>>>().map_err(invalid)?;
+        self.change(&emitter, move |e| e.data_plane_update(&ops, run_of(dry_run))).await
     }
 }
 
@@ -109,18 +164,25 @@ pub trait Control1 {
     #[zbus(name = "ping")]
     fn ping(&self) -> zbus::Result<String>;
     #[zbus(name = "topology")]
-    fn topology(&self, trust_scores: bool, routing_table: bool) -> zbus::Result<String>;
+    fn topology(&self) -> zbus::Result<TopologyView>;
+    #[zbus(name = "routing_table")]
+    fn routing_table(&self) -> zbus::Result<Vec<RouteView>>;
     #[zbus(name = "route")]
-    fn route(&self, from: &str, to: &str, intent: &str, backups: i32) -> zbus::Result<String>;
+    fn route(&self, from: &str, to: &str, intent: &str, backups: i32) -> zbus::Result<RouteReply>;
     #[zbus(name = "metrics")]
-    fn metrics(&self) -> zbus::Result<String>;
+    fn metrics(&self) -> zbus::Result<Metrics>;
     #[zbus(name = "check_path")]
-    fn check_path(&self, nodes: &[&str], intent: &str) -> zbus::Result<String>;
+    fn check_path(&self, nodes: &[&str], intent: &str) -> zbus::Result<PathCheck>;
     #[zbus(name = "trust_update")]
-    fn trust_update(&self, node: &str, score: f64) -> zbus::Result<String>;
-    #[allow(clippy::too_many_arguments)]
+    fn trust_update(&self, updates: &[(&str, f64)], dry_run: bool) -> zbus::Result<Change>;
     #[zbus(name = "link_update")]
-    fn link_update(&self, a: &str, b: &str, latency_ms: f64, bandwidth_mbps: f64, loss: f64, carbon: f64, up: bool) -> zbus::Result<String>;
+    fn link_update(&self, ends: &(&str, &str), change: &LinkChange, dry_run: bool) -> zbus::Result<Change>;
+    #[zbus(name = "data_plane_update")]
+    fn data_plane_update(&self, ops: &[DataPlaneOp], dry_run: bool) -> zbus::Result<Change>;
+    #[zbus(property, name = "Changes")]
+    fn changes(&self) -> zbus::Result<u64>;
+    #[zbus(property, name = "DataPlaneVersion")]
+    fn data_plane_version(&self) -> zbus::Result<u64>;
 }
 
 pub struct ServeOptions {
@@ -140,9 +202,11 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     // Loading a large Meta-RIB leaves the parser's freed memory resident.
     bpi_support::host::release_free_heap();
     let note = |s: &str| bpi_support::progress::note(&format!("drx-control: {s}"));
-    match engine.sync_data_plane()? {
-        Some(outcome) => note(&outcome),
-        None => note("the data plane's maps are not pinned; scores go there once bpi-drx-data.service runs and the next change comes"),
+    let outcome = engine.sync_data_plane()?;
+    match (outcome.pinned, outcome.writes) {
+        (false, _) => note("the data plane's maps are not pinned; scores go there once bpi-drx-data.service runs and the next change comes"),
+        (true, 0) => note(&format!("data plane version {}: already up to date", outcome.version)),
+        (true, n) => note(&format!("data plane version {}: {n} change(s); {}", outcome.version, outcome.recorded)),
     }
     let status = format!("{} nodes, {} links, {} intents", engine.graph.len(), engine.graph.target.len() / 2, engine.intents.len());
     note(&status);

@@ -25,9 +25,9 @@ use aya::programs::{TestRun, TestRunOptions};
 use bpi_drx_data::{
     attach::{self, Mode},
     layout::{Reason, Settings},
-    plan::{plan, Op},
+    plan::Op,
     prefix::Prefix,
-    tables::Tables,
+    tables::{Batch, Tables},
     testbed::{frames, mac, trafgen, veth, BpfFs, Netns},
 };
 use bpi_support::Cmd;
@@ -115,7 +115,7 @@ fn main() -> Result<()> {
     let t0 = Instant::now();
     sink.run(|| attach::attach(&pin_dir, PROGRAM, "bs", Mode::Native, Settings::default()))??;
     let mut tables = Tables::open(&pin_dir)?;
-    tables.apply(&plan(&table_ops(), &BTreeMap::new())?)?;
+    tables.write_batch(&Batch::unrecorded("bench"), |_| Ok(table_ops()))?;
     let table_load = t0.elapsed().as_secs_f64();
     attach::detach(&pin_dir, "bs")?;
 
@@ -168,7 +168,7 @@ fn main() -> Result<()> {
         let mut count = 0u64;
         let started = Instant::now();
         while busy.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(2) {
-            tables.apply(&plan(&[Op::SetScore { node: (count % 1024) as u32, score: 100_000 + (count % 7) as u32 }], &BTreeMap::new())?)?;
+            tables.write_batch(&Batch::unrecorded("bench"), |_| Ok(vec![Op::SetScore { node: (count % 1024) as u32, score: 100_000 + (count % 7) as u32 }]))?;
             count += 1;
         }
         let single = count as f64 / started.elapsed().as_secs_f64();
@@ -176,7 +176,7 @@ fn main() -> Result<()> {
         let started = Instant::now();
         while busy.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(2) {
             let ops: Vec<Op> = (0..1000).map(|i| Op::SetScore { node: i % 1024, score: 100_000 + (changes % 7) as u32 }).collect();
-            tables.apply(&plan(&ops, &BTreeMap::new())?)?;
+            tables.write_batch(&Batch::unrecorded("bench"), |_| Ok(ops))?;
             changes += 1000;
         }
         let batched = changes as f64 / started.elapsed().as_secs_f64();
@@ -191,7 +191,7 @@ fn main() -> Result<()> {
     let mut per_packet = BTreeMap::new();
     for cache in [true, false] {
         let s = Settings { cache, ..tables.settings()? };
-        tables.apply(&plan(&[Op::Settings(s)], &BTreeMap::new())?)?;
+        tables.write_batch(&Batch::unrecorded("bench"), |_| Ok(vec![Op::Settings(s)]))?;
         let mut runs = Vec::new();
         for _ in 0..3 {
             let r = prog.test_run(TestRunOptions { data_in: Some(&frame), repeat: 1_000_000, ..Default::default() })?;

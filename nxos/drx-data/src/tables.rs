@@ -26,9 +26,11 @@ use aya::maps::{
 use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 
+use bpi_support::record::Recorder;
+
 use crate::{
     layout::{maps, RawCounter, RawRoute, RawSettings, Reason, Settings},
-    plan::{Plan, Route, Write},
+    plan::{plan, Op, Plan, Route, Write},
     prefix::Prefix,
 };
 
@@ -83,6 +85,37 @@ pub struct Snapshot {
     pub routes: BTreeMap<Prefix, Route>,
 }
 
+/// Proof that the caller holds the pin directory's lock.
+struct Held {
+    _lock: Flock<File>,
+}
+
+/// Who asks for a batch, where it is recorded, and whether only to plan it.
+pub struct Batch<'a> {
+    /// Named in the ledger record ("bpi-os", "drx-control").
+    pub source: &'a str,
+    pub recorder: &'a dyn Recorder,
+    pub dry_run: bool,
+}
+
+impl Batch<'static> {
+    /// A batch nobody records: tests, benchmarks, planning offline.
+    pub fn unrecorded(source: &'static str) -> Self {
+        Batch { source, recorder: &bpi_support::record::NotRecorded, dry_run: false }
+    }
+}
+
+/// What a batch did (or, on a dry run, would do).
+#[derive(Clone, Debug, Serialize)]
+pub struct Written {
+    pub plan: Plan,
+    /// The maps' version after the batch (before it, on a dry run or an empty batch).
+    pub version: u64,
+    pub applied: Option<Applied>,
+    /// The ledger's line about the record.
+    pub recorded: Option<String>,
+}
+
 /// What an apply did.
 #[derive(Clone, Debug, Serialize)]
 pub struct Applied {
@@ -115,9 +148,10 @@ impl Tables {
     }
 
     /// One writer at a time: an exclusive lock on the pin directory.
-    fn lock(&self) -> Result<Flock<File>> {
+    fn lock(&self) -> Result<Held> {
         let dir = File::open(&self.dir).with_context(|| format!("opening {}", self.dir.display()))?;
         Flock::lock(dir, FlockArg::LockExclusive)
+            .map(|lock| Held { _lock: lock })
             .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", self.dir.display()))
     }
 
@@ -138,7 +172,7 @@ impl Tables {
     /// Writes `defaults` into both generations if no one has yet: fresh maps
     /// are all zeros, which the program would read as "drop nothing, abort".
     pub fn init_if_new(&mut self, defaults: Settings) -> Result<bool> {
-        let _lock = self.lock()?;
+        let _held = self.lock()?;
         if self.settings_of(0)?.is_some() || self.settings_of(1)?.is_some() {
             return Ok(false);
         }
@@ -265,9 +299,29 @@ impl Tables {
         Ok(())
     }
 
+    /// The one way the maps change: takes the pin directory's lock, asks
+    /// `ops` for the batch while holding it (so what it reads cannot go stale),
+    /// plans the batch against the routes it then holds, applies it as one
+    /// generation flip and records it. An empty batch changes nothing.
+    pub fn write_batch(&mut self, batch: &Batch<'_>, ops: impl FnOnce(&Tables) -> Result<Vec<Op>>) -> Result<Written> {
+        let held = self.lock()?;
+        let ops = ops(self)?;
+        if ops.is_empty() {
+            return Ok(Written { plan: Plan::default(), version: self.version()?, applied: None, recorded: None });
+        }
+        let routes = if Plan::touches_routes(&ops) { self.routes()? } else { BTreeMap::new() };
+        let plan = plan(&ops, &routes)?;
+        if batch.dry_run {
+            return Ok(Written { version: self.version()?, plan, applied: None, recorded: None });
+        }
+        let applied = self.apply(&plan, &held)?;
+        let data = serde_json::json!({ "version": applied.version, "source": batch.source, "changes": plan.writes });
+        let recorded = batch.recorder.record("trust", "update", &data);
+        Ok(Written { version: applied.version, plan, applied: Some(applied), recorded: Some(recorded) })
+    }
+
     /// Applies `plan` atomically as seen by the program.
-    pub fn apply(&mut self, plan: &Plan) -> Result<Applied> {
-        let _lock = self.lock()?;
+    fn apply(&mut self, plan: &Plan, _held: &Held) -> Result<Applied> {
         let version = self.version()?;
         let active = (version & 1) as usize;
         let idle = 1 - active;

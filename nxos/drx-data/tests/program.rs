@@ -8,8 +8,8 @@ use aya::programs::{TestRun, TestRunOptions};
 use bpi_drx_data::{
     attach,
     layout::{Reason, Settings, Verdict, XDP_DROP, XDP_PASS},
-    plan::{plan, Op},
-    tables::{Counter, Tables},
+    plan::Op,
+    tables::{Batch, Counter, Tables},
     testbed::{
         frames::{self, ETH_8021AD, ETH_8021Q, ETH_IP, ETH_IPV6},
         BpfFs,
@@ -44,7 +44,7 @@ impl Bed {
             // A prefix whose node has no score: unknown.
             Op::MapPrefix { prefix: "10.9.0.0/16".parse().unwrap(), node: 77 },
         ];
-        tables.apply(&plan(&ops, &BTreeMap::new()).unwrap()).unwrap();
+        tables.write_batch(&Batch::unrecorded("test"), |_| Ok(ops.clone())).unwrap();
         Bed { _fs: fs, ebpf, tables }
     }
 
@@ -197,14 +197,14 @@ fn unknown_verdict_and_threshold_come_from_the_settings_and_change_atomically() 
     bed.expect("unknown passes", &unknown, XDP_PASS, Reason::Unknown);
     bed.expect("low dropped", &low, XDP_DROP, Reason::LowTrust);
     let s = Settings { threshold: 950_000, unknown_verdict: Verdict::Drop, ..Settings::default() };
-    let applied = bed.tables.apply(&plan(&[Op::Settings(s)], &BTreeMap::new()).unwrap()).unwrap();
-    assert!(!applied.resynced);
+    let applied = bed.tables.write_batch(&Batch::unrecorded("test"), |_| Ok(vec![Op::Settings(s)])).unwrap();
+    assert!(!applied.applied.unwrap().resynced);
     bed.expect("unknown dropped", &unknown, XDP_DROP, Reason::Unknown);
     bed.expect("0.9 below 0.95", &high, XDP_DROP, Reason::LowTrust);
     // A score change lands in both generations and in the cached answer.
-    bed.tables.apply(&plan(&[Op::SetScore { node: 1, score: 960_000 }], &BTreeMap::new()).unwrap()).unwrap();
+    bed.tables.write_batch(&Batch::unrecorded("test"), |_| Ok(vec![Op::SetScore { node: 1, score: 960_000 }])).unwrap();
     bed.expect("0.96 above 0.95", &high, XDP_PASS, Reason::Trusted);
-    bed.tables.apply(&plan(&[Op::SetScore { node: 1, score: 10_000 }], &BTreeMap::new()).unwrap()).unwrap();
+    bed.tables.write_batch(&Batch::unrecorded("test"), |_| Ok(vec![Op::SetScore { node: 1, score: 10_000 }])).unwrap();
     bed.expect("down again", &high, XDP_DROP, Reason::LowTrust);
     let snap = bed.tables.snapshot().unwrap();
     assert_eq!(snap.nodes[&1], 10_000);

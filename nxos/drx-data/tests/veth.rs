@@ -21,9 +21,9 @@ use std::{
 use bpi_drx_data::{
     attach::{self, Mode},
     layout::{Reason, Settings},
-    plan::{plan, Op},
+    plan::Op,
     prefix::Prefix,
-    tables::Tables,
+    tables::{Batch, Tables},
     testbed::{
         frames::{self, ETH_8021AD, ETH_8021Q, ETH_IP, ETH_IPV6},
         mac, trafgen, veth, BpfFs, Netns,
@@ -186,7 +186,7 @@ fn verdicts_on_the_wire_for_every_protocol_family_and_tagging() {
     let bed = Bed::new();
     bed.attach(Mode::Native);
     let mut tables = bed.tables();
-    tables.apply(&plan(&trust_ops(), &BTreeMap::new()).unwrap()).unwrap();
+    tables.write_batch(&Batch::unrecorded("test"), |_| Ok(trust_ops())).unwrap();
     let snapshot = tables.snapshot().unwrap();
     let tap = Tap::open(&bed.far);
     let vb_mac = mac(&bed.far, "vb").unwrap();
@@ -247,7 +247,7 @@ fn a_score_changed_under_traffic_flips_the_verdict_once_and_detach_lets_all_pass
     let bed = Bed::new();
     bed.attach(Mode::Generic);
     let mut tables = bed.tables();
-    tables.apply(&plan(&trust_ops(), &BTreeMap::new()).unwrap()).unwrap();
+    tables.write_batch(&Batch::unrecorded("test"), |_| Ok(trust_ops())).unwrap();
     let low = addr(0x20)[0];
     let stop = AtomicBool::new(false);
     // Stops the sender however this scope ends, so a failed check cannot hang the test.
@@ -277,7 +277,7 @@ fn a_score_changed_under_traffic_flips_the_verdict_once_and_detach_lets_all_pass
         assert!(early.is_empty(), "low-trust traffic got through before the change: {early:?}");
         let dropped_before = counters(&tables)["low_trust"];
         assert!(dropped_before > 50, "only {dropped_before} drops counted");
-        tables.apply(&plan(&[Op::SetScore { node: 2, score: 800_000 }], &BTreeMap::new()).unwrap()).unwrap();
+        tables.write_batch(&Batch::unrecorded("test"), |_| Ok(vec![Op::SetScore { node: 2, score: 800_000 }])).unwrap();
         let late = bed.drain(Duration::from_millis(500));
         stop.store(true, Ordering::Relaxed);
         let sent = sender.join().unwrap();
@@ -291,7 +291,7 @@ fn a_score_changed_under_traffic_flips_the_verdict_once_and_detach_lets_all_pass
     });
     assert!(sent > 0);
     // Detached, nothing filters: back to low trust, yet it passes and no counter moves.
-    tables.apply(&plan(&[Op::SetScore { node: 2, score: 100_000 }], &BTreeMap::new()).unwrap()).unwrap();
+    tables.write_batch(&Batch::unrecorded("test"), |_| Ok(vec![Op::SetScore { node: 2, score: 100_000 }])).unwrap();
     assert!(!bed.udp(low, "still-filtered"));
     attach::detach(&bed.fs.pin_dir(), "vb").unwrap();
     let before = counters(&tables);
