@@ -16,6 +16,7 @@ pub mod service;
 pub mod store;
 pub mod time;
 pub mod verify;
+pub mod wire;
 
 pub use block::{Block, Draft};
 pub use commit::Ledger;

@@ -17,6 +17,7 @@ use crate::commit::Ledger;
 use crate::error::LedgerError;
 use crate::plugins::Plugins;
 use crate::store::{self, StoreOptions};
+use crate::wire::{BlockView, ConsistencyView, InclusionView, ReportView, StatsView};
 use crate::{proof, verify};
 
 pub const BUS_NAME: &str = "org.bpi.os.Ledger1";
@@ -44,13 +45,13 @@ fn failed(e: LedgerError) -> fdo::Error {
     }
 }
 
-fn blocks_json(ledger: &Ledger, heights: impl IntoIterator<Item = u64>) -> fdo::Result<String> {
+fn blocks(ledger: &Ledger, heights: impl IntoIterator<Item = u64>) -> fdo::Result<Vec<BlockView>> {
     let store = ledger.store();
     let mut out = Vec::new();
     for h in heights.into_iter().take(MAX_BLOCKS_PER_ANSWER) {
-        out.push(store.log().block(h).map_err(failed)?.to_json());
+        out.push(BlockView::from(&store.log().block(h).map_err(failed)?));
     }
-    Ok(serde_json::Value::Array(out).to_string())
+    Ok(out)
 }
 
 #[interface(name = "org.bpi.os.Ledger1")]
@@ -61,37 +62,37 @@ impl LedgerService {
     }
 
     #[zbus(name = "get_blocks_by_category")]
-    async fn get_blocks_by_category(&self, category: String) -> fdo::Result<String> {
+    async fn get_blocks_by_category(&self, category: String) -> fdo::Result<Vec<BlockView>> {
         let ledger = self.ledger.clone();
         blocking::unblock(move || {
             let heights = ledger.store().log().heights_in_category(&category);
-            blocks_json(&ledger, heights)
+            blocks(&ledger, heights)
         })
         .await
     }
 
     /// Blocks `from..=to` (heights start at 1).
     #[zbus(name = "get_blocks_by_height")]
-    async fn get_blocks_by_height(&self, from: u64, to: u64) -> fdo::Result<String> {
+    async fn get_blocks_by_height(&self, from: u64, to: u64) -> fdo::Result<Vec<BlockView>> {
         let ledger = self.ledger.clone();
         blocking::unblock(move || {
             let len = ledger.store().log().len();
-            blocks_json(&ledger, from.max(1)..=to.min(len))
+            blocks(&ledger, from.max(1)..=to.min(len))
         })
         .await
     }
 
-    /// The full verification report (JSON), as `bpi-os ledger verify --json`.
+    /// The full verification report, as `bpi-os ledger verify --json`.
     #[zbus(name = "verify_blockchain_integrity")]
-    async fn verify_blockchain_integrity(&self) -> fdo::Result<String> {
+    async fn verify_blockchain_integrity(&self) -> fdo::Result<ReportView> {
         let dir = self.ledger.store().dir().to_path_buf();
         let report = blocking::unblock(move || verify::verify(&dir, None)).await.map_err(failed)?;
-        Ok(serde_json::to_string(&report).expect("report serialises"))
+        Ok(report.into())
     }
 
     #[zbus(name = "get_stats")]
-    fn get_stats(&self) -> String {
-        serde_json::to_string(&self.ledger.store().log().stats()).expect("stats serialise")
+    fn get_stats(&self) -> StatsView {
+        self.ledger.store().log().stats().into()
     }
 
     /// Records one operation; returns its height and hash once it is durable.
@@ -121,20 +122,18 @@ impl LedgerService {
     }
 
     /// RFC 9162 inclusion proof of block `height` in the tree of `tree_size`
-    /// blocks (0: the current size), as JSON.
+    /// blocks (0: the current size).
     #[zbus(name = "inclusion_proof")]
-    fn inclusion_proof(&self, height: u64, tree_size: u64) -> fdo::Result<String> {
+    fn inclusion_proof(&self, height: u64, tree_size: u64) -> fdo::Result<InclusionView> {
         let store = self.ledger.store();
-        let p = proof::inclusion(store.log(), height, (tree_size > 0).then_some(tree_size)).map_err(failed)?;
-        Ok(serde_json::to_string(&p).expect("proof serialises"))
+        Ok(proof::inclusion(store.log(), height, (tree_size > 0).then_some(tree_size)).map_err(failed)?.into())
     }
 
-    /// RFC 9162 consistency proof from `old_size` to `new_size` (0: current), as JSON.
+    /// RFC 9162 consistency proof from `old_size` to `new_size` (0: current).
     #[zbus(name = "consistency_proof")]
-    fn consistency_proof(&self, old_size: u64, new_size: u64) -> fdo::Result<String> {
+    fn consistency_proof(&self, old_size: u64, new_size: u64) -> fdo::Result<ConsistencyView> {
         let store = self.ledger.store();
-        let p = proof::consistency(store.log(), old_size, (new_size > 0).then_some(new_size)).map_err(failed)?;
-        Ok(serde_json::to_string(&p).expect("proof serialises"))
+        Ok(proof::consistency(store.log(), old_size, (new_size > 0).then_some(new_size)).map_err(failed)?.into())
     }
 
     /// Signs a checkpoint of the current size now; returns the signed note.
@@ -160,15 +159,17 @@ pub trait Ledger1 {
     #[zbus(name = "append")]
     fn append(&self, category: &str, action: &str, data: &str) -> zbus::Result<(u64, String)>;
     #[zbus(name = "get_stats")]
-    fn get_stats(&self) -> zbus::Result<String>;
+    fn get_stats(&self) -> zbus::Result<StatsView>;
     #[zbus(name = "get_blocks_by_category")]
-    fn get_blocks_by_category(&self, category: &str) -> zbus::Result<String>;
+    fn get_blocks_by_category(&self, category: &str) -> zbus::Result<Vec<BlockView>>;
     #[zbus(name = "get_blocks_by_height")]
-    fn get_blocks_by_height(&self, from: u64, to: u64) -> zbus::Result<String>;
+    fn get_blocks_by_height(&self, from: u64, to: u64) -> zbus::Result<Vec<BlockView>>;
     #[zbus(name = "verify_blockchain_integrity")]
-    fn verify_blockchain_integrity(&self) -> zbus::Result<String>;
+    fn verify_blockchain_integrity(&self) -> zbus::Result<ReportView>;
     #[zbus(name = "inclusion_proof")]
-    fn inclusion_proof(&self, height: u64, tree_size: u64) -> zbus::Result<String>;
+    fn inclusion_proof(&self, height: u64, tree_size: u64) -> zbus::Result<InclusionView>;
+    #[zbus(name = "consistency_proof")]
+    fn consistency_proof(&self, old_size: u64, new_size: u64) -> zbus::Result<ConsistencyView>;
     #[zbus(name = "checkpoint")]
     fn checkpoint(&self) -> zbus::Result<String>;
 }
