@@ -2,7 +2,7 @@
 //! plane. Queries go to the running daemon over D-Bus, or, with --topology,
 //! are answered here from a file (planning offline).
 
-use crate::output::Json;
+use crate::output::{ChangeArgs, Json};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -60,14 +60,8 @@ pub enum LinkCommand {
         /// Bring the link back up.
         #[arg(long)]
         up: bool,
-        /// The control daemon's bus (default: the system bus).
-        #[arg(long, value_name = "ADDRESS")]
-        bus: Option<String>,
-        /// Print the link as it would be and change nothing.
-        #[arg(long)]
-        dry_run: bool,
         #[command(flatten)]
-        json: Json,
+        out: ChangeArgs,
     },
 }
 
@@ -282,7 +276,8 @@ pub fn check_path(source: &Source, nodes: &[String], intent: Option<&str>, json:
 }
 
 pub fn link(command: LinkCommand) -> Result<()> {
-    let LinkCommand::Update { a, b, latency_ms, bandwidth_mbps, loss, carbon, down, up, bus, dry_run, json } = command;
+    let LinkCommand::Update { a, b, latency_ms, bandwidth_mbps, loss, carbon, down, up, out } = command;
+    let ChangeArgs { dry_run, json, bus } = out;
     let source = Source { topology: None, policies: PathBuf::new(), bus };
     let (_conn, proxy) = daemon(&source)?;
     let state = match (up, down) {

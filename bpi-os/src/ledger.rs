@@ -2,7 +2,7 @@
 //! files directly (so they work on a copied ledger); append goes through the
 //! running service unless --store names a store to open directly.
 
-use crate::output::Json;
+use crate::output::{ChangeArgs, Json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -57,14 +57,8 @@ pub struct AppendArgs {
     /// The checkpoint signing key when opening the store directly.
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
-    /// A D-Bus address instead of the system bus.
-    #[arg(long, value_name = "ADDRESS")]
-    bus: Option<String>,
-    /// Check the data and show what would be recorded; record nothing.
-    #[arg(long)]
-    dry_run: bool,
     #[command(flatten)]
-    json: Json,
+    out: ChangeArgs,
 }
 
 #[derive(Subcommand)]
@@ -288,7 +282,8 @@ fn one_line(b: &Block) -> String {
 }
 
 fn append(args: AppendArgs) -> Result<()> {
-    let AppendArgs { store, category, action, data, key, bus, dry_run, json } = args;
+    let AppendArgs { store, category, action, data, key, out } = args;
+    let ChangeArgs { dry_run, json, bus } = out;
     let (category, action, data, bus) = (category.as_str(), action.as_str(), data.as_str(), bus.as_deref());
     // Checked here first so bad input fails the same way on every path.
     let records = Plugins::default().prepare(category, data)?;

@@ -1,6 +1,6 @@
 //! `bpi-os nxos ...`: the DRX runtime. Thin dispatch onto bpi-drx-data.
 
-use crate::output::Json;
+use crate::output::{ChangeArgs, Json};
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -167,7 +167,7 @@ enum TrustCommand {
         #[arg(long = "score", required = true, allow_negative_numbers = true)]
         scores: Vec<String>,
         #[command(flatten)]
-        out: Change,
+        out: ChangeArgs,
     },
     /// Map prefixes to nodes; repeat --prefix/--node-id for one atomic batch.
     Map {
@@ -178,7 +178,7 @@ enum TrustCommand {
         #[arg(long = "node-id", required = true)]
         node_ids: Vec<u32>,
         #[command(flatten)]
-        out: Change,
+        out: ChangeArgs,
     },
     /// Remove prefixes.
     Unmap {
@@ -186,7 +186,7 @@ enum TrustCommand {
         #[arg(long = "prefix", required = true)]
         prefixes: Vec<String>,
         #[command(flatten)]
-        out: Change,
+        out: ChangeArgs,
     },
     /// Remove nodes' scores (their prefixes then count as unknown).
     Remove {
@@ -194,7 +194,7 @@ enum TrustCommand {
         #[arg(long = "node-id", required = true)]
         node_ids: Vec<u32>,
         #[command(flatten)]
-        out: Change,
+        out: ChangeArgs,
     },
     /// Change the threshold and verdicts.
     Settings {
@@ -211,7 +211,7 @@ enum TrustCommand {
         #[arg(long)]
         cache: Option<OnOff>,
         #[command(flatten)]
-        out: Change,
+        out: ChangeArgs,
     },
     /// Nodes, prefixes and per-prefix counters.
     Show {
@@ -220,19 +220,6 @@ enum TrustCommand {
     },
 }
 
-/// What every trust change takes: show the plan only, machine output, and
-/// the control daemon's bus (while it runs, every change goes through it).
-#[derive(Args, Clone)]
-struct Change {
-    /// Print the map writes and change nothing.
-    #[arg(long)]
-    dry_run: bool,
-    #[command(flatten)]
-    json: Json,
-    /// The control daemon's bus (default: the system bus).
-    #[arg(long, value_name = "ADDRESS")]
-    bus: Option<String>,
-}
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum OnOff {
@@ -295,7 +282,7 @@ fn load(dir: &Path, program: &str, interface: Option<String>, mode: Mode, config
     }
     if config.is_some() {
         // The file's settings win over whatever the maps held before.
-        write(dir, vec![Op::Settings(settings)], &Change { dry_run: false, json, bus: None })?;
+        write(dir, vec![Op::Settings(settings)], &ChangeArgs { dry_run: false, json, bus: None })?;
     }
     if json.on() {
         json.print(&done)?;
@@ -488,7 +475,7 @@ fn trust(dir: &Path, command: TrustCommand) -> Result<()> {
 }
 
 /// Straight into the maps, through their one writer (no control daemon runs).
-fn write(dir: &Path, ops: Vec<Op>, out: &Change) -> Result<()> {
+fn write(dir: &Path, ops: Vec<Op>, out: &ChangeArgs) -> Result<()> {
     let mut tables = Tables::open(dir)?;
     let recorder = bpi_ledger::service::LedgerRecorder::new(None);
     let written = tables.write_batch(&Batch { source: "bpi-os", recorder: &recorder, dry_run: out.dry_run }, |_| Ok(ops))?;

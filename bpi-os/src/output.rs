@@ -20,6 +20,20 @@ pub struct Json {
     style: Option<JsonStyle>,
 }
 
+/// What every command that changes state over D-Bus takes: show the change
+/// only, machine output, and the bus its service is on.
+#[derive(Args, Clone, Debug)]
+pub struct ChangeArgs {
+    /// Show what would change and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub json: Json,
+    /// The service's D-Bus address (default: the system bus).
+    #[arg(long, value_name = "ADDRESS")]
+    pub bus: Option<String>,
+}
+
 impl Json {
     pub fn on(&self) -> bool {
         self.style.is_some()

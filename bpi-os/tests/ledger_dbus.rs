@@ -69,9 +69,9 @@ fn with_the_shipped_policy_anyone_queries_and_only_root_appends() {
     assert!(o.status.success() && text(&o).contains("string \"network\""), "{}", text(&o));
     let p = proxy(&bus);
     let blocks = p.get_blocks_by_height(1, 2).unwrap();
-    assert_eq!(blocks.iter().map(|b| (b.height, b.category.as_str())).collect::<Vec<_>>(), [(1, "bridge"), (2, "network")]);
+    assert_eq!(blocks.iter().map(|b| (b.height, b.draft.category.as_str())).collect::<Vec<_>>(), [(1, "bridge"), (2, "network")]);
     assert_eq!(blocks[1].prev_hash, blocks[0].hash);
-    let data: serde_json::Value = serde_json::from_str(&blocks[0].data).unwrap();
+    let data: serde_json::Value = serde_json::from_str(&blocks[0].draft.data).unwrap();
     assert_eq!(data["bridge_name"], "ovsbr0");
     assert_eq!(p.get_blocks_by_category("bridge").unwrap().len(), 1);
     let report = p.verify_blockchain_integrity().unwrap();
@@ -119,7 +119,7 @@ fn the_service_refuses_unprivileged_appends_even_on_an_open_bus() {
     let svc = serve(&s, &bus, &store, &["--admin-group", "nogroup"]);
     let o = cli(&s, Some(NOBODY), &["ledger", "append", "--bus", &bus.address, "--category", "user", "--action", "login", "--data", r#"{"username":"nobody"}"#]);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(proxy(&bus).get_blocks_by_height(1, 1).unwrap()[0].user, "nobody");
+    assert_eq!(proxy(&bus).get_blocks_by_height(1, 1).unwrap()[0].draft.user, "nobody");
     drop(svc);
 }
 

@@ -22,10 +22,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     graph::{node_trust, Graph},
-    model::{check_range, Topology},
+    model::{check_range, Link, Topology},
     path::{self, Answer, Constraints, Scratch},
     policy::Intent,
-    wire::{Change, DataPlaneOutcome, LinkChange, LinkView, NodeView, PathCheck, RouteView, TopologyView},
+    wire::{Change, DataPlaneOutcome, LinkChange, NodeView, PathCheck, RouteView, TopologyView},
 };
 
 /// One routing-table entry, by node index (names are rendered on query).
@@ -389,7 +389,7 @@ impl Engine {
             .filter(|e| (*e as u32) < g.reverse[*e])
             .map(|e| {
                 let from = g.target[g.reverse[e] as usize] as usize;
-                LinkView {
+                Link {
                     a: g.ids[from].clone(),
                     b: g.ids[g.target[e] as usize].clone(),
                     latency_ms: g.latency_of(e),

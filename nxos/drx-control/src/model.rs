@@ -34,7 +34,9 @@ pub struct Node {
     pub score_override: Option<f64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// On D-Bus too, in `topology()`'s reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, zbus::zvariant::Type)]
+#[zvariant(crate = "zbus::zvariant")]
 pub struct Link {
     pub a: String,
     pub b: String,
@@ -233,17 +235,32 @@ fn inputs_of(src: &Source<'_>, n: &RawNode, id: &str) -> Result<Option<TrustInpu
 }
 
 impl Topology {
+    /// Parses a Meta-RIB a top-level table at a time (a 10k-node file whole
+    /// would cost the parser ~150 MB at its peak); each table keeps its piece
+    /// of the file, for the lines of later errors.
     pub fn parse(text: &str, origin: &str) -> Result<Topology> {
-        let src = Source::new(text, origin);
-        let raw: RawFile = src.parse()?;
-        let settings = match &raw.control {
-            Some(c) => settings_of(&src, c)?,
+        let whole = Source::new(text, origin);
+        let mut control: Option<(Source<'_>, RawControl)> = None;
+        let (mut raw_nodes, mut raw_links) = (Vec::new(), Vec::new());
+        for piece in whole.tables() {
+            let part: RawFile = piece.parse()?;
+            if let Some(c) = part.control {
+                if control.is_some() {
+                    bail!("{}: [control] is given twice", piece.at(0..0));
+                }
+                control = Some((piece, c));
+            }
+            raw_nodes.extend(part.node.into_iter().map(|n| (piece, n)));
+            raw_links.extend(part.link.into_iter().map(|l| (piece, l)));
+        }
+        let settings = match &control {
+            Some((src, c)) => settings_of(src, c)?,
             None => ControlSettings::default(),
         };
-        let mut nodes = Vec::with_capacity(raw.node.len());
+        let mut nodes = Vec::with_capacity(raw_nodes.len());
         let mut ids: BTreeMap<String, usize> = BTreeMap::new();
         let mut dp_ids: BTreeMap<u32, String> = BTreeMap::new();
-        for (i, n) in raw.node.into_iter().enumerate() {
+        for (i, (src, n)) in raw_nodes.into_iter().enumerate() {
             let id = n.id.get_ref().clone();
             check_node_id(&id).map_err(|e| src.error(&n.id, format!("node.id: {e}")))?;
             if ids.insert(id.clone(), i).is_some() {
@@ -276,8 +293,8 @@ impl Topology {
             };
             nodes.push(Node { id, dp_id, prefixes, jurisdiction, attestation: n.attestation, inputs, score_override: score });
         }
-        let mut links = Vec::with_capacity(raw.link.len());
-        for l in raw.link {
+        let mut links = Vec::with_capacity(raw_links.len());
+        for (src, l) in raw_links {
             for (key, end) in [("a", &l.a), ("b", &l.b)] {
                 if !ids.contains_key(end.get_ref()) {
                     return Err(src.error(end, format!("link.{key}: no node '{}'", end.get_ref())));
@@ -299,7 +316,7 @@ impl Topology {
                 b,
             });
         }
-        if let Some(local) = raw.control.as_ref().and_then(|c| c.local.as_ref()) {
+        if let Some((src, Some(local))) = control.as_ref().map(|(src, c)| (src, c.local.as_ref())) {
             if !ids.contains_key(local.get_ref()) {
                 return Err(src.error(local, format!("control.local: no node '{}'", local.get_ref())));
             }

@@ -13,7 +13,10 @@ use zbus::zvariant::{
     Type,
 };
 
-use crate::path::{Answer, PathInfo};
+use crate::{
+    model::Link,
+    path::{Answer, PathInfo},
+};
 
 /// What one change did (or, on a dry run, would do).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, Type)]
@@ -186,18 +189,6 @@ pub struct NodeView {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
 #[zvariant(crate = "zbus::zvariant")]
-pub struct LinkView {
-    pub a: String,
-    pub b: String,
-    pub latency_ms: f64,
-    pub bandwidth_mbps: f64,
-    pub loss: f64,
-    pub carbon: f64,
-    pub up: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
-#[zvariant(crate = "zbus::zvariant")]
 pub struct RouteView {
     pub destination: String,
     pub next_hop: String,
@@ -210,5 +201,48 @@ pub struct RouteView {
 pub struct TopologyView {
     pub local: String,
     pub nodes: Vec<NodeView>,
-    pub links: Vec<LinkView>,
+    pub links: Vec<Link>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Metrics;
+
+    /// docs/control-plane.md names each reply's D-Bus signature: they must be these.
+    #[test]
+    fn the_documented_signatures_are_the_real_ones() {
+        let doc = include_str!("../../../docs/control-plane.md");
+        let named = [
+            ("Change", Change::SIGNATURE.to_string()),
+            ("RouteReply", RouteReply::SIGNATURE.to_string()),
+            ("PathCheck", PathCheck::SIGNATURE.to_string()),
+            ("TopologyView", TopologyView::SIGNATURE.to_string()),
+            ("Metrics", Metrics::SIGNATURE.to_string()),
+        ];
+        for (name, sig) in named {
+            assert!(doc.contains(&format!("`{name} {sig}`")), "docs/control-plane.md does not give {name} as {sig}");
+        }
+        assert!(doc.contains(&format!("`a{}`", RouteView::SIGNATURE)), "routing_table: a{}", RouteView::SIGNATURE);
+        assert_eq!((LinkChange::SIGNATURE.to_string(), DataPlaneOp::SIGNATURE.to_string()), ("a{sv}".into(), "a{sv}".into()));
+    }
+
+    #[test]
+    fn ops_cross_the_bus_and_come_back_the_same() {
+        let settings = Settings { threshold: 400_000, unknown_verdict: Verdict::Drop, default_verdict: Verdict::Pass, cache: false, applied: 0 };
+        let ops = [
+            Op::SetScore { node: 7, score: 500_000 },
+            Op::RemoveNode { node: 8 },
+            Op::MapPrefix { prefix: "10.9.0.0/16".parse().unwrap(), node: 7 },
+            Op::UnmapPrefix { prefix: "2001:db8::/32".parse().unwrap() },
+            Op::Settings(settings),
+        ];
+        for op in ops {
+            assert_eq!(Op::try_from(&DataPlaneOp::from(&op)).unwrap(), op);
+        }
+        let missing = DataPlaneOp { op: "map_prefix".into(), node: Some(1), ..Default::default() };
+        assert!(Op::try_from(&missing).unwrap_err().to_string().contains("needs 'prefix'"));
+        let unknown = DataPlaneOp { op: "explode".into(), ..Default::default() };
+        assert!(Op::try_from(&unknown).unwrap_err().to_string().contains("unknown data-plane operation"));
+    }
 }

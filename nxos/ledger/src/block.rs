@@ -19,7 +19,9 @@ pub const MAX_FIELD: usize = 255;
 pub type Hash = [u8; 32];
 
 /// What a caller asks to record; the ledger adds height, hash and prev_hash.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// On D-Bus inside `BlockView` (crate::wire).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, zbus::zvariant::Type)]
+#[zvariant(crate = "zbus::zvariant")]
 pub struct Draft {
     pub timestamp: u64,
     pub producer: String,

@@ -8,45 +8,27 @@ use serde::{Deserialize, Serialize};
 use zbus::zvariant::Type;
 
 use crate::{
-    block::Block,
+    block::{Block, Draft},
     log::Stats,
     proof::{Consistency, Inclusion},
     verify::Report,
 };
 
+/// A recorded block: what was asked (`draft`, whose `data` is the
+/// operation's JSON object as recorded) and what the ledger added.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Type)]
 #[zvariant(crate = "zbus::zvariant")]
 pub struct BlockView {
     pub height: u64,
-    pub timestamp: u64,
     pub hash: String,
+    /// "" for the first block.
     pub prev_hash: String,
-    pub producer: String,
-    pub category: String,
-    pub action: String,
-    pub user: String,
-    pub hostname: String,
-    pub pid: u32,
-    /// The operation's data: a JSON object, as recorded.
-    pub data: String,
+    pub draft: Draft,
 }
 
 impl From<&Block> for BlockView {
     fn from(b: &Block) -> Self {
-        let d = &b.draft;
-        BlockView {
-            height: b.height,
-            timestamp: d.timestamp,
-            hash: hex::encode(b.hash),
-            prev_hash: b.prev_hash.map(hex::encode).unwrap_or_default(),
-            producer: d.producer.clone(),
-            category: d.category.clone(),
-            action: d.action.clone(),
-            user: d.user.clone(),
-            hostname: d.hostname.clone(),
-            pid: d.pid,
-            data: d.data.clone(),
-        }
+        BlockView { height: b.height, hash: hex::encode(b.hash), prev_hash: b.prev_hash.map(hex::encode).unwrap_or_default(), draft: b.draft.clone() }
     }
 }
 
@@ -164,5 +146,25 @@ pub struct ConsistencyView {
 impl From<Consistency> for ConsistencyView {
     fn from(p: Consistency) -> Self {
         ConsistencyView { old_size: p.old_size, new_size: p.new_size, old_root: hex::encode(p.old_root), new_root: hex::encode(p.new_root), path: p.path }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/ledger.md names each reply's D-Bus signature: they must be these.
+    #[test]
+    fn the_documented_signatures_are_the_real_ones() {
+        let doc = include_str!("../../../docs/ledger.md");
+        for sig in [
+            format!("a{}", BlockView::SIGNATURE),
+            ReportView::SIGNATURE.to_string(),
+            StatsView::SIGNATURE.to_string(),
+            InclusionView::SIGNATURE.to_string(),
+            ConsistencyView::SIGNATURE.to_string(),
+        ] {
+            assert!(doc.contains(&format!("`{sig}`")), "docs/ledger.md does not give {sig}");
+        }
     }
 }
