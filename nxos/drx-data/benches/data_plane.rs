@@ -158,30 +158,31 @@ fn main() -> Result<()> {
 
     // Map updates while the program drops traffic.
     sink.run(|| attach::attach(&pin_dir, PROGRAM, "bs", Mode::Native, Settings::default()))??;
-    let busy = AtomicBool::new(true);
+    // Traffic runs until both measurements are done (each a fixed 2 s), so
+    // neither depends on how fast trafgen gets through a run.
+    let done = AtomicBool::new(false);
     let (single, batched) = std::thread::scope(|s| -> Result<(f64, f64)> {
-        let traffic = s.spawn(|| {
-            let r = trafgen(&gen, "bg", std::slice::from_ref(&frame), PACKETS * 2);
-            busy.store(false, Ordering::Relaxed);
-            r
+        let traffic = s.spawn(|| -> Result<()> {
+            while !done.load(Ordering::Relaxed) {
+                trafgen(&gen, "bg", std::slice::from_ref(&frame), PACKETS)?;
+            }
+            Ok(())
         });
-        let mut count = 0u64;
-        let started = Instant::now();
-        while busy.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(2) {
-            tables.write_batch(&Batch::unrecorded("bench"), |_| Ok(vec![Op::SetScore { node: (count % 1024) as u32, score: 100_000 + (count % 7) as u32 }]))?;
-            count += 1;
-        }
-        let single = count as f64 / started.elapsed().as_secs_f64();
-        let mut changes = 0u64;
-        let started = Instant::now();
-        while busy.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(2) {
-            let ops: Vec<Op> = (0..1000).map(|i| Op::SetScore { node: i % 1024, score: 100_000 + (changes % 7) as u32 }).collect();
-            tables.write_batch(&Batch::unrecorded("bench"), |_| Ok(ops))?;
-            changes += 1000;
-        }
-        let batched = changes as f64 / started.elapsed().as_secs_f64();
+        let mut measure = |ops_of: &dyn Fn(u64) -> Vec<Op>| -> Result<f64> {
+            let (mut changes, started) = (0u64, Instant::now());
+            while started.elapsed() < Duration::from_secs(2) {
+                let ops = ops_of(changes);
+                let n = ops.len() as u64;
+                tables.write_batch(&Batch::unrecorded("bench"), |_| Ok(ops))?;
+                changes += n;
+            }
+            Ok(changes as f64 / started.elapsed().as_secs_f64())
+        };
+        let single = measure(&|c| vec![Op::SetScore { node: (c % 1024) as u32, score: 100_000 + (c % 7) as u32 }]);
+        let batched = measure(&|c| (0..1000).map(|i| Op::SetScore { node: i % 1024, score: 100_000 + (c % 7) as u32 }).collect());
+        done.store(true, Ordering::Relaxed);
         traffic.join().map_err(|_| anyhow::anyhow!("traffic thread panicked"))??;
-        Ok((single, batched))
+        Ok((single?, batched?))
     })?;
     attach::detach(&pin_dir, "bs")?;
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use zbus::message::Header;
-use zbus::{fdo, interface, Connection};
+use zbus::{fdo, interface, object_server::SignalEmitter, Connection};
 
 use bpi_support::dbus::Admins;
 use bpi_support::record::Recorder;
@@ -95,12 +95,20 @@ impl LedgerService {
         self.ledger.store().log().stats().into()
     }
 
+    /// The newest block's height (0: none yet); a watcher waits for its
+    /// PropertiesChanged instead of polling.
+    #[zbus(property, name = "Height")]
+    fn height(&self) -> u64 {
+        self.ledger.store().log().len()
+    }
+
     /// Records one operation; returns its height and hash once it is durable.
     #[zbus(name = "append")]
     async fn append(
         &self,
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
         category: String,
         action: String,
         data: String,
@@ -108,7 +116,7 @@ impl LedgerService {
         let caller = self.admins.require(&header, conn, "appending to the ledger").await?;
         let records = self.plugins.prepare(&category, &data).map_err(failed)?;
         let ledger = self.ledger.clone();
-        blocking::unblock(move || {
+        let appended = blocking::unblock(move || {
             let mut last = None;
             for (producer, data) in records {
                 let mut d = Draft::new(&producer, &category, &action, &caller.user, data);
@@ -116,9 +124,12 @@ impl LedgerService {
                 last = Some(ledger.append(d).map_err(failed)?);
             }
             let r = last.expect("a plugin returns at least one record");
-            Ok((r.height, hex::encode(r.hash)))
+            Ok::<_, fdo::Error>((r.height, hex::encode(r.hash)))
         })
-        .await
+        .await?;
+        // The block is durable; a watcher that misses the signal reads Height again.
+        let _ = self.height_changed(&emitter).await;
+        Ok(appended)
     }
 
     /// RFC 9162 inclusion proof of block `height` in the tree of `tree_size`
@@ -172,6 +183,8 @@ pub trait Ledger1 {
     fn consistency_proof(&self, old_size: u64, new_size: u64) -> zbus::Result<ConsistencyView>;
     #[zbus(name = "checkpoint")]
     fn checkpoint(&self) -> zbus::Result<String>;
+    #[zbus(property, name = "Height")]
+    fn height(&self) -> zbus::Result<u64>;
 }
 
 /// A connection to the bus at `address`, or the system bus.
