@@ -108,15 +108,7 @@ fn control_plane_over_dbus_recomputes_and_writes_the_data_plane() {
     // A watcher learns of changes from the Changes property, without polling.
     let watcher = zbus::blocking::connection::Builder::address(b).unwrap().build().unwrap();
     let proxy = bpi_drx_control::service::Control1ProxyBlocking::new(&watcher).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut stream = proxy.receive_changes_changed();
-    std::thread::spawn(move || {
-        for change in &mut stream {
-            if tx.send(change.get().unwrap()).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = common::watch(proxy.receive_changes_changed(), |c| c.get().unwrap());
 
     // Root blacklists transit-b and raises core-c in one command: one D-Bus
     // call, one batch (one version), one ledger block; routes move off
@@ -130,14 +122,7 @@ fn control_plane_over_dbus_recomputes_and_writes_the_data_plane() {
     let m = metrics(None);
     assert_eq!(m["changes"], 3, "two pairs are one change: {m}");
     assert_eq!(m["data_plane_version"].as_u64().unwrap(), before + 1, "two pairs are one batch: {m}");
-    let mut seen = Vec::new();
-    while let Ok(c) = rx.recv_timeout(std::time::Duration::from_secs(10)) {
-        seen.push(c);
-        if c >= 3 {
-            break;
-        }
-    }
-    assert_eq!(seen.last(), Some(&3), "no PropertiesChanged for Changes = 3: {seen:?}");
+    common::wait_for(&rx, "Changes", 3);
     assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(1)).ok(), None, "one change, one signal");
     let topo = json(&cli(&s, None, &["nxos", "topology", "--trust-scores", "--routing-table", "--json", "--bus", b]));
     assert_eq!(via(&topo, "transit-b"), None, "a blacklisted node is still routed to");

@@ -55,15 +55,7 @@ fn with_the_shipped_policy_anyone_queries_and_only_root_appends() {
     let svc = serve(&s, &bus, &store, &[]);
     common::check_policy_against_service(&bus, "org.bpi.os.Ledger1", "/org/bpi/os/Ledger1", &policy_file(), bpi_ledger::service::ADMIN_METHODS);
     // A watcher learns of new blocks from the Height property, without polling.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut heights = proxy(&bus).receive_height_changed();
-    std::thread::spawn(move || {
-        for h in &mut heights {
-            if tx.send(h.get().unwrap()).is_err() {
-                break;
-            }
-        }
-    });
+    let heights = common::watch(proxy(&bus).receive_height_changed(), |h| h.get().unwrap());
 
     // The seed's example record (section 9.1.1), by root through the CLI.
     let o = cli(&s, None, &["ledger", "append", "--bus", &bus.address, "--category", "bridge", "--action", "created", "--data", SEED_EXAMPLE]);
@@ -71,14 +63,7 @@ fn with_the_shipped_policy_anyone_queries_and_only_root_appends() {
     assert!(text(&o).contains("recorded block 1"), "{}", text(&o));
     let o = cli(&s, None, &["ledger", "append", "--bus", &bus.address, "--category", "network", "--action", "created", "--data", SEED_EXAMPLE]);
     assert!(o.status.success(), "{}", text(&o));
-    let mut seen = Vec::new();
-    while let Ok(h) = rx.recv_timeout(std::time::Duration::from_secs(10)) {
-        seen.push(h);
-        if h >= 2 {
-            break;
-        }
-    }
-    assert_eq!(seen.last(), Some(&2), "no PropertiesChanged for Height = 2: {seen:?}");
+    common::wait_for(&heights, "Height", 2);
 
     // The seed's verbs, as its dbus-send lines call them, and typed through zbus.
     let o = dbus_send(&bus, None, "get_blocks_by_category", &["string:bridge"]);

@@ -211,3 +211,29 @@ pub fn check_policy_against_service(bus: &Bus, dest: &str, path: &str, policy: &
         assert!(admins[..admins.find("</policy>").unwrap()].contains(&format!("send_member=\"{m}\"/>")), "the policy does not allow {m} to bpi-admin");
     }
 }
+
+/// A u64 property's PropertiesChanged values, as they come, on a channel.
+pub fn watch<P: 'static>(changes: impl Iterator<Item = P> + Send + 'static, value: fn(&P) -> u64) -> std::sync::mpsc::Receiver<u64> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for change in changes {
+            if tx.send(value(&change)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits (10 s at most) until the watched property reaches `want`; fails
+/// naming what came instead.
+pub fn wait_for(rx: &std::sync::mpsc::Receiver<u64>, what: &str, want: u64) {
+    let mut seen = Vec::new();
+    while let Ok(v) = rx.recv_timeout(Duration::from_secs(10)) {
+        seen.push(v);
+        if v >= want {
+            break;
+        }
+    }
+    assert_eq!(seen.last(), Some(&want), "no PropertiesChanged for {what} = {want}: {seen:?}");
+}
