@@ -83,3 +83,20 @@ fn every_toml_example_loads() {
     assert!(all.len() >= 5, "found only {} examples", all.len());
     assert_eq!(kinds.len(), 3, "{kinds:?}");
 }
+
+/// A hostile file nests 20,000 arrays: every loader refuses it with an error
+/// (the toml crate limits depth; the table splitter does not recurse), never
+/// by overflowing the stack, so a bad file cannot crash-loop the daemon.
+#[test]
+fn deeply_nested_files_are_refused_not_crashed_on() {
+    let deep = format!("x = {}{}\n", "[".repeat(20_000), "]".repeat(20_000));
+    let node = format!("[[node]]\nid = \"a\"\nscore = 0.5\nprefixes = {}{}\n", "[".repeat(20_000), "]".repeat(20_000));
+    for text in [&deep, &node] {
+        let err = Topology::parse(text, "deep.toml").unwrap_err().to_string();
+        assert!(err.starts_with("deep.toml:"), "{err}");
+        let err = policy::parse(text, "deep.toml").unwrap_err().to_string();
+        assert!(err.starts_with("deep.toml:"), "{err}");
+        let err = bpi_drx_data::config::parse(text, "deep.toml").unwrap_err().to_string();
+        assert!(err.starts_with("deep.toml:"), "{err}");
+    }
+}
