@@ -28,6 +28,11 @@ pub const OBJECT_PATH: &str = "/org/bpi/os/Ledger1";
 pub const ADMIN_METHODS: &[&str] = &["append", "checkpoint"];
 /// The most blocks one query answer carries; page with height ranges.
 pub const MAX_BLOCKS_PER_ANSWER: usize = 10_000;
+/// The most bytes of blocks one answer carries: well under the system bus's
+/// 32 MiB message limit, past which dbus-daemon drops the sender (here, the
+/// ledger) from the bus. An answer that stops short ends at a whole block;
+/// the caller asks again from the next height.
+pub const MAX_ANSWER_BYTES: usize = 8 << 20;
 
 pub struct LedgerService {
     ledger: Arc<Ledger>,
@@ -47,9 +52,14 @@ fn failed(e: LedgerError) -> fdo::Error {
 
 fn blocks(ledger: &Ledger, heights: impl IntoIterator<Item = u64>) -> fdo::Result<Vec<BlockView>> {
     let store = ledger.store();
-    let mut out = Vec::new();
+    let (mut out, mut bytes) = (Vec::new(), 0usize);
     for h in heights.into_iter().take(MAX_BLOCKS_PER_ANSWER) {
-        out.push(BlockView::from(&store.log().block(h).map_err(failed)?));
+        let b = BlockView::from(&store.log().block(h).map_err(failed)?);
+        bytes += b.wire_size();
+        if bytes > MAX_ANSWER_BYTES && !out.is_empty() {
+            break;
+        }
+        out.push(b);
     }
     Ok(out)
 }

@@ -26,6 +26,16 @@ pub struct BlockView {
     pub draft: Draft,
 }
 
+impl BlockView {
+    /// About what the block costs in a D-Bus message (strings with their
+    /// length words and terminators, numbers, padding): an upper bound.
+    pub fn wire_size(&self) -> usize {
+        let d = &self.draft;
+        let strings = [&self.hash, &self.prev_hash, &d.producer, &d.category, &d.action, &d.user, &d.hostname, &d.data];
+        64 + strings.iter().map(|s| s.len() + 8).sum::<usize>()
+    }
+}
+
 impl From<&Block> for BlockView {
     fn from(b: &Block) -> Self {
         BlockView { height: b.height, hash: hex::encode(b.hash), prev_hash: b.prev_hash.map(hex::encode).unwrap_or_default(), draft: b.draft.clone() }
