@@ -173,3 +173,23 @@ fn bad_input_over_dbus_is_refused_nothing_is_recorded_and_answers_are_bounded() 
     let (h, _) = proxy.append("bridge", "created", SEED_EXAMPLE).unwrap();
     assert_eq!(h, 701);
 }
+
+/// Under systemd's watchdog the service says WATCHDOG=1 while the bus answers
+/// it; when the bus goes away it exits with an error (so Restart=on-failure
+/// brings it back) instead of living on unreachable, holding the store.
+#[test]
+fn the_service_feeds_the_watchdog_and_exits_when_the_bus_is_gone() {
+    if !can_run() {
+        return;
+    }
+    let s = scratch();
+    let bus = start_bus(&s, &[]);
+    let store = s.dir.path().join("store");
+    let store = store.to_str().unwrap();
+    let mut svc = common::serve_env(&s, &["ledger", "serve", "--no-append-only", "--bus", &bus.address, "--store", store], &[("WATCHDOG_USEC", "300000")]);
+    let fed = (0..5).filter_map(|_| svc.notified()).any(|m| m.contains("WATCHDOG=1"));
+    assert!(fed, "no WATCHDOG=1 within five notifications");
+    drop(bus);
+    let status = svc.exited_within(std::time::Duration::from_secs(20)).expect("the service lived on without its bus");
+    assert_eq!(status.code(), Some(1), "{status}");
+}

@@ -74,7 +74,11 @@ pub fn block_stop_signals() -> anyhow::Result<nix::sys::signal::SigSet> {
 
 /// Serves `iface` at `path` under `name` on the system bus (or `bus`), tells
 /// systemd READY=1 with `status`, and returns when one of `signals` arrives
-/// (the connection closed).
+/// (the connection closed). Meanwhile a watcher calls the service through the
+/// bus (Peer.Ping to its own name) every third of systemd's WatchdogSec (10 s
+/// without one), feeds the watchdog when the call comes back, and when it
+/// fails, ends the service with an error: a service that lost the bus cannot
+/// be reached and must exit for systemd to restart it.
 pub fn serve_until_signal<I: zbus::object_server::Interface>(
     signals: nix::sys::signal::SigSet,
     bus: Option<&str>,
@@ -89,8 +93,45 @@ pub fn serve_until_signal<I: zbus::object_server::Interface>(
     };
     let conn = builder.name(name)?.serve_at(path, iface)?.build().with_context(|| format!("taking {name} on the bus"))?;
     crate::notify::notify(&format!("READY=1\nSTATUS={status}")).context("notifying systemd")?;
+    let lost = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    {
+        let (conn, name, path, lost) = (conn.clone(), name.to_owned(), path.to_owned(), lost.clone());
+        let (interval, watchdog) = watch_interval();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(interval);
+            let ping = zbus::blocking::fdo::PeerProxy::builder(&conn)
+                .destination(name.as_str())
+                .and_then(|b| b.path(path.as_str()))
+                .and_then(|b| b.build())
+                .and_then(|p| p.ping());
+            match ping {
+                Ok(()) if watchdog => {
+                    let _ = crate::notify::notify("WATCHDOG=1");
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                    let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGTERM);
+                    return;
+                }
+            }
+        });
+    }
     let sig = signals.wait().context("waiting for a signal")?;
     let _ = crate::notify::notify("STOPPING=1");
     drop(conn);
+    if let Some(why) = lost.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        anyhow::bail!("lost the bus: a call to {name} through it failed ({why}); exiting so that systemd restarts the service");
+    }
     Ok(sig)
+}
+
+/// How often the watcher checks the bus, and whether systemd's watchdog is
+/// on for this process (WATCHDOG_USEC, and WATCHDOG_PID unset or ours).
+fn watch_interval() -> (std::time::Duration, bool) {
+    let ours = std::env::var("WATCHDOG_PID").map_or(true, |p| p == std::process::id().to_string());
+    match std::env::var("WATCHDOG_USEC").ok().and_then(|u| u.parse::<u64>().ok()) {
+        Some(us) if ours && us > 0 => (std::time::Duration::from_micros(us / 3), true),
+        _ => (std::time::Duration::from_secs(10), false),
+    }
 }

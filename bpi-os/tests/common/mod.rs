@@ -126,9 +126,29 @@ pub fn start_bus(s: &Scratch, includes: &[&Path]) -> Bus {
 
 pub struct Service {
     child: Child,
+    notify: UnixDatagram,
 }
 
 impl Service {
+    /// The next sd_notify message (10 s at most).
+    pub fn notified(&self) -> Option<String> {
+        let mut buf = [0u8; 512];
+        let n = self.notify.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Waits (`limit` at most) for the service to exit by itself.
+    pub fn exited_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let started = std::time::Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
     /// SIGTERM, and the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::SIGTERM).unwrap();
@@ -148,15 +168,19 @@ impl Drop for Service {
 /// Starts the service and waits for its sd_notify READY=1, as systemd would.
 /// Starts `bpi-os ARGS` and waits for its sd_notify READY=1, as systemd would.
 pub fn serve(s: &Scratch, args: &[&str]) -> Service {
+    serve_env(s, args, &[])
+}
+
+/// [`serve`] with more environment (systemd's WATCHDOG_USEC, say).
+pub fn serve_env(s: &Scratch, args: &[&str], env: &[(&str, &str)]) -> Service {
     let notify_path = s.dir.path().join(format!("notify-{}", rand_suffix()));
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let child = Command::new(&s.bin).args(args).env("NOTIFY_SOCKET", &notify_path).spawn().unwrap();
-    let svc = Service { child };
-    let mut buf = [0u8; 512];
-    let n = notify.recv(&mut buf).expect("the service never said READY=1");
-    let msg = String::from_utf8_lossy(&buf[..n]);
+    let child = Command::new(&s.bin).args(args).env("NOTIFY_SOCKET", &notify_path).envs(env.iter().copied()).spawn().unwrap();
+    let svc = Service { child, notify };
+    let msg = svc.notified().expect("the service never said READY=1");
     assert!(msg.contains("READY=1"), "notify said {msg:?}");
+    svc.notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     svc
 }
 

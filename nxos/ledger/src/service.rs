@@ -38,6 +38,9 @@ pub struct LedgerService {
     ledger: Arc<Ledger>,
     plugins: Arc<Plugins>,
     admins: Admins,
+    /// One verification at a time: each reads the whole log into memory, and
+    /// eight at once took the daemon past a gigabyte.
+    verifying: Arc<std::sync::Mutex<()>>,
 }
 
 fn failed(e: LedgerError) -> fdo::Error {
@@ -96,7 +99,13 @@ impl LedgerService {
     #[zbus(name = "verify_blockchain_integrity")]
     async fn verify_blockchain_integrity(&self) -> fdo::Result<ReportView> {
         let dir = self.ledger.store().dir().to_path_buf();
-        let report = blocking::unblock(move || verify::verify(&dir, None)).await.map_err(failed)?;
+        let gate = self.verifying.clone();
+        let report = blocking::unblock(move || {
+            let _one = gate.lock().unwrap_or_else(|p| p.into_inner());
+            verify::verify(&dir, None)
+        })
+        .await
+        .map_err(failed)?;
         Ok(report.into())
     }
 
@@ -228,7 +237,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     }
     note(&format!("{} holds {} blocks", dir.display(), report.blocks));
     let ledger = Arc::new(ledger);
-    let service = LedgerService { ledger: ledger.clone(), plugins: Arc::new(Plugins::default()), admins };
+    let service = LedgerService { ledger: ledger.clone(), plugins: Arc::new(Plugins::default()), admins, verifying: Arc::default() };
     note(&format!("serving {BUS_NAME} at {OBJECT_PATH}"));
     let status = format!("serving {} blocks from {}", report.blocks, dir.display());
     let sig = bpi_support::dbus::serve_until_signal(signals, opts.bus.as_deref(), BUS_NAME, OBJECT_PATH, service, &status)?;
