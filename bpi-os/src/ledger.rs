@@ -265,19 +265,22 @@ fn show(dir: &Path, f: Filter, stats: bool, json: Json) -> Result<()> {
     Ok(())
 }
 
+/// One block for people; stored strings go through `printable`, so a
+/// recorded escape sequence cannot drive the terminal.
 fn one_line(b: &Block) -> String {
     let d = &b.draft;
+    let p = bpi_support::progress::printable;
     format!(
         "#{:<6} {}  {}/{}  {}@{} pid {}  {}  {}",
         b.height,
         fmt_utc(d.timestamp),
         d.category,
         d.action,
-        d.user,
-        d.hostname,
+        p(&d.user),
+        p(&d.hostname),
         d.pid,
         &hex::encode(b.hash)[..16],
-        d.data
+        p(&d.data)
     )
 }
 

@@ -45,6 +45,8 @@ fn bad_input_is_refused_with_a_reason_and_records_nothing() {
         ("bridge", "created", r#"{"uplink_interface":"eth0"}"#, "missing \"bridge_name\""),
         ("bridge", "Made It", r#"{"bridge_name":"br0"}"#, "action \"Made It\""),
         ("bridge", "created", "[1,2]", "must be a JSON object"),
+        ("bridge", "created", r#"{"bridge_name":"br0","bridge_name":"br1"}"#, "given twice"),
+        ("settings", "modified", r#"{"key":"n","value":"v","n":123456789012345678901234567890}"#, "outside 64 bits"),
     ];
     for (cat, action, data, want) in cases {
         let o = append(store, cat, action, data);
@@ -56,6 +58,12 @@ fn bad_input_is_refused_with_a_reason_and_records_nothing() {
     let o = bpi(&["ledger", "append", "--store", store, "--dry-run", "--category", "port", "--action", "added", "--data", r#"{"port":"vnet0","bridge_name":"br0"}"#]);
     assert!(o.status.success() && text(&o).contains("would record: port/added by network-plugin"), "{}", text(&o));
     assert_eq!(log_bytes(store), before);
+    // A recorded escape sequence is shown, not sent to the terminal.
+    assert!(append(store, "settings", "modified", r#"{"key":"title","value":"\u001b]0;owned\u0007 \u009b2J"}"#).status.success());
+    let o = bpi(&["ledger", "show", "--store", store, "--category", "settings"]);
+    let shown = text(&o);
+    assert!(o.status.success() && !shown.contains('\u{1b}') && !shown.contains('\u{9b}') && !shown.contains('\u{7}'), "{shown:?}");
+    assert!(shown.contains("\\u{9b}2J"), "{shown}");
     // A store that does not exist is named.
     let o = bpi(&["ledger", "show", "--store", "/nonexistent/ledger"]);
     assert!(!o.status.success() && text(&o).contains("no ledger at /nonexistent/ledger"), "{}", text(&o));

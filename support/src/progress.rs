@@ -213,3 +213,21 @@ mod tests {
         assert_eq!(steps.step("bad", || Err::<(), _>("x")), Err("x"));
     }
 }
+
+/// `text` safe to print to a terminal: control characters (C0, DEL, C1,
+/// where escape sequences start) are shown as `\u{..}` instead of sent.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(text.chars().map(|c| if c.is_control() { c.escape_unicode().to_string() } else { c.to_string() }).collect())
+}
+
+#[cfg(test)]
+mod printable_tests {
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        assert_eq!(super::printable("plain ünïcode"), "plain ünïcode");
+        assert_eq!(super::printable("a\u{1b}[31mred\u{7f}\u{9b}2J\n"), "a\\u{1b}[31mred\\u{7f}\\u{9b}2J\\u{a}");
+    }
+}

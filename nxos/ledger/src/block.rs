@@ -46,10 +46,117 @@ pub struct Block {
 
 /// Parses `text` as JSON and renders it canonically: object keys sorted,
 /// no insignificant whitespace. The result is what the block hash covers.
+/// What would not survive that exactly is refused rather than changed: a key
+/// given twice in one object, and an integer outside 64 bits (it would become
+/// a float). Numbers with a fraction or an exponent are IEEE-754 doubles.
 pub fn canonical_json(text: &str) -> Result<String, LedgerError> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| LedgerError::BadData(format!("data is not valid JSON: {e}")))?;
-    canonical_value(&value)
+    canonical_value(&parse_data(text)?)
+}
+
+/// Parses a record's data as [`canonical_json`] does, refusing duplicate keys
+/// and integers past 64 bits.
+pub fn parse_data(text: &str) -> Result<serde_json::Value, LedgerError> {
+    let Strict(value) = serde_json::from_str(text).map_err(|e| LedgerError::BadData(format!("data is not valid JSON: {e}")))?;
+    if let Some(n) = oversized_integer(text) {
+        return Err(LedgerError::BadData(format!("data holds the integer {n}, outside 64 bits; write it as a string")));
+    }
+    Ok(value)
+}
+
+/// A JSON value parsed with duplicate keys refused.
+struct Strict(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, serde_json::Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(out.into())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(v) = map.next_value()?;
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("the key {key:?} is given twice in one object")));
+            }
+            out.insert(key, v);
+        }
+        Ok(out.into())
+    }
+}
+
+/// The first integer literal in valid JSON `text` that fits neither i64 nor
+/// u64 (serde_json would read it as a float, silently rounded).
+fn oversized_integer(text: &str) -> Option<&str> {
+    let bytes = text.as_bytes();
+    let (mut i, mut in_string) = (0, false);
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        if b == b'-' || b.is_ascii_digit() {
+            let start = i;
+            while i < bytes.len() && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                i += 1;
+            }
+            let n = &text[start..i];
+            let integer = !n.contains(['.', 'e', 'E']);
+            if integer && n.parse::<i64>().is_err() && n.parse::<u64>().is_err() {
+                return Some(n);
+            }
+            continue;
+        }
+        i += 1;
+    }
+    None
 }
 
 /// As [`canonical_json`], for a parsed value (serde_json keeps maps sorted).
@@ -259,6 +366,21 @@ pub(crate) fn draft(category: &str, data: &str) -> Draft {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_json_refuses_what_it_could_not_keep_exactly() {
+        assert_eq!(canonical_json(r#"{"b":1,"a":[2,{"d":-3,"c":4.5}]}"#).unwrap(), r#"{"a":[2,{"c":4.5,"d":-3}],"b":1}"#);
+        assert_eq!(canonical_json(r#"{"max":18446744073709551615,"min":-9223372036854775808}"#).unwrap(), r#"{"max":18446744073709551615,"min":-9223372036854775808}"#);
+        let twice = canonical_json(r#"{"a":1,"b":{"x":1,"x":2}}"#).unwrap_err().to_string();
+        assert!(twice.contains("\"x\" is given twice"), "{twice}");
+        let big = canonical_json(r#"{"n":18446744073709551616}"#).unwrap_err().to_string();
+        assert!(big.contains("18446744073709551616") && big.contains("64 bits"), "{big}");
+        let small = canonical_json(r#"{"n":-9223372036854775809}"#).unwrap_err().to_string();
+        assert!(small.contains("64 bits"), "{small}");
+        // Digits inside strings are text, escaped quotes included.
+        assert!(canonical_json(r#"{"s":"99999999999999999999 \" 99999999999999999999"}"#).is_ok());
+        assert!(canonical_json(r#"{"f":1e300,"g":0.1}"#).is_ok());
+    }
 
     #[test]
     fn encoding_round_trips_and_hash_covers_every_field() {

@@ -205,8 +205,7 @@ impl Plugins {
         let plugin = self.list.iter().find(|p| p.categories().iter().any(|c| c == category)).ok_or_else(|| {
             LedgerError::UnknownCategory { category: category.to_string(), known: self.categories().join(", ") }
         })?;
-        let value: Value =
-            serde_json::from_str(data).map_err(|e| LedgerError::BadData(format!("data is not valid JSON: {e}")))?;
+        let value: Value = crate::block::parse_data(data)?;
         if !value.is_object() {
             return Err(LedgerError::BadData("data must be a JSON object".into()));
         }
