@@ -160,7 +160,9 @@ pub fn run(cmd: LedgerCommand) -> Result<()> {
             show(&store.dir(), Filter { category, from, to, since, until, last }, stats, json)
         }
         LedgerCommand::Verify { store, public_key, json } => {
-            let report = verify::verify(&store.dir(), public_key.as_deref())?;
+            // The witness beside the signing key (the encrypted store's, for the system ledger).
+            let witness = store::witness_path(&store.writer(None, false).key);
+            let report = verify::verify(&store.dir(), public_key.as_deref(), Some(&witness))?;
             if json.on() {
                 json.print(&report)?;
             } else {

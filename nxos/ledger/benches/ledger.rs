@@ -216,7 +216,7 @@ fn main() {
     println!("built {BIG} blocks ({bytes} bytes) in {:.2}s", built.as_secs_f64());
     // Warm the page cache for both sides, then take the best of three.
     let _ = std::fs::read(&log).unwrap();
-    let (t_verify, report) = best_of(3, || verify::verify(&big, None).unwrap());
+    let (t_verify, report) = best_of(3, || verify::verify(&big, None, None).unwrap());
     assert!(report.ok && report.blocks == BIG, "{}", report.render());
     let (t_sha, _) = best_of(3, || Cmd::new("sha256sum").arg(&log).output().unwrap());
     println!(

@@ -98,11 +98,14 @@ impl LedgerService {
     /// The full verification report, as `bpi-os ledger verify --json`.
     #[zbus(name = "verify_blockchain_integrity")]
     async fn verify_blockchain_integrity(&self) -> fdo::Result<ReportView> {
-        let dir = self.ledger.store().dir().to_path_buf();
+        let (dir, witness) = {
+            let store = self.ledger.store();
+            (store.dir().to_path_buf(), store.witness())
+        };
         let gate = self.verifying.clone();
         let report = blocking::unblock(move || {
             let _one = gate.lock().unwrap_or_else(|p| p.into_inner());
-            verify::verify(&dir, None)
+            verify::verify(&dir, None, Some(&witness))
         })
         .await
         .map_err(failed)?;

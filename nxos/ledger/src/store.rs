@@ -20,6 +20,16 @@ pub const DEFAULT_KEY: &str = "/bpi/data/encrypted/ledger/checkpoint.key";
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 pub const VKEY_FILE: &str = "checkpoint.vkey";
 pub const LOCK_FILE: &str = "writer.lock";
+/// A copy of the newest signed checkpoint kept beside the signing key, not in
+/// the store: on a node the key is in the encrypted store and the log is not,
+/// so a log rolled back (or emptied, its checkpoint deleted) no longer matches
+/// what the witness says was once checkpointed.
+pub const WITNESS_FILE: &str = "checkpoint.witness";
+
+/// Where the witness of the store signed with `key` is kept.
+pub fn witness_path(key: &Path) -> PathBuf {
+    key.with_file_name(WITNESS_FILE)
+}
 
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -146,7 +156,26 @@ pub fn check_checkpoint(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read the checkpoint: {e}")),
     };
-    let cp = verifier.verify(&text).map_err(|e| e.to_string())?;
+    check_note(&text, verifier, log, damaged_at).map(Some)
+}
+
+/// Checks the witness kept at `path` against the log: the log must still hold
+/// every block it says was checkpointed, with the same Merkle root.
+/// `Ok(None)` when there is no witness (a store that never had one).
+pub fn check_witness(path: &Path, verifier: &NoteVerifier, log: &Log) -> Result<Option<Checkpoint>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read the witness {}: {e}", path.display())),
+    };
+    check_note(&text, verifier, log, None)
+        .map(Some)
+        .map_err(|why| format!("the store was rolled back: the witness {} disagrees with it: {why}", path.display()))
+}
+
+/// A signed checkpoint note, checked against the log.
+fn check_note(text: &str, verifier: &NoteVerifier, log: &Log, damaged_at: Option<u64>) -> Result<Checkpoint, String> {
+    let cp = verifier.verify(text).map_err(|e| e.to_string())?;
     if let Some(h) = damaged_at.filter(|&h| cp.size >= h) {
         return Err(format!(
             "the signed checkpoint covers {} blocks; it cannot be checked past the damage at height {h}",
@@ -168,7 +197,7 @@ pub fn check_checkpoint(
             cp.size
         ));
     }
-    Ok(Some(cp))
+    Ok(cp)
 }
 
 /// The writer's view of a store.
@@ -221,6 +250,11 @@ impl Store {
             height: log.len() + 1,
             what,
         })?;
+        check_witness(&witness_path(&opts.key), &signer.verifier(), &log).map_err(|what| LedgerError::Damaged {
+            path: dir_path(dir),
+            height: log.len() + 1,
+            what,
+        })?;
 
         let mut report = OpenReport { blocks: log.len(), ..Default::default() };
         if let Tail::Torn { offset, bytes, why } = loaded.tail {
@@ -267,6 +301,11 @@ impl Store {
 
     pub fn dir(&self) -> &Path {
         &self.opts.dir
+    }
+
+    /// Where this store's witness is kept (beside its signing key).
+    pub fn witness(&self) -> PathBuf {
+        witness_path(&self.opts.key)
     }
 
     /// Appends `drafts` in order with one write and one fdatasync. Each draft
@@ -324,7 +363,9 @@ impl Store {
         let path = self.opts.dir.join(CHECKPOINT_FILE);
         if self.checkpointed != self.log.len() || !path.exists() {
             let cp = Checkpoint { origin: self.signer.name.clone(), size: self.log.len(), root: self.log.index.root() };
-            write_atomic(&path, self.signer.sign(&cp).as_bytes(), 0o644)?;
+            let note = self.signer.sign(&cp);
+            write_atomic(&path, note.as_bytes(), 0o644)?;
+            write_atomic(&witness_path(&self.opts.key), note.as_bytes(), 0o600)?;
             self.checkpointed = cp.size;
         }
         std::fs::read_to_string(&path).ctx(|| format!("reading {}", path.display()))

@@ -38,8 +38,9 @@ pub struct Report {
 }
 
 /// Verifies the store in `dir`; `vkey` overrides the store's own verifier key
-/// (an auditor brings the key they trust).
-pub fn verify(dir: &Path, vkey: Option<&Path>) -> Result<Report> {
+/// (an auditor brings the key they trust); `witness` is the checkpoint copy
+/// kept beside the signing key (store::witness_path), checked when present.
+pub fn verify(dir: &Path, vkey: Option<&Path>, witness: Option<&Path>) -> Result<Report> {
     let started = Instant::now();
     let (log, problem) = store::open_read(dir)?;
     let present = dir.join(CHECKPOINT_FILE).exists();
@@ -56,6 +57,13 @@ pub fn verify(dir: &Path, vkey: Option<&Path>) -> Result<Report> {
                 }
             }
         }
+    };
+    let checkpoint = match witness.filter(|w| w.exists()) {
+        None => checkpoint,
+        Some(w) => match store::load_verifier(dir, vkey).map_err(|e| e.to_string()).and_then(|v| store::check_witness(w, &v, &log)) {
+            Ok(_) => checkpoint,
+            Err(why) => CheckpointStatus { ok: false, problem: Some(why), ..checkpoint },
+        },
     };
     let first_bad = problem.map(|p| BadBlock { height: p.height, offset: p.offset, what: p.what });
     Ok(Report {

@@ -101,7 +101,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_block() {
             assert_eq!(&hex::encode(log.block(h).unwrap().hash), hash, "round {round}: block {h} changed");
         }
         drop(store);
-        let r = verify::verify(dir.path(), None).unwrap();
+        let r = verify::verify(dir.path(), None, None).unwrap();
         assert!(r.ok, "round {round}: {}", r.render());
     }
     eprintln!(

@@ -34,7 +34,7 @@ fn frames(dir: &Path) -> Vec<std::ops::Range<usize>> {
 fn a_clean_store_verifies_and_reopens() {
     let dir = tempfile::tempdir().unwrap();
     store(dir.path(), 20);
-    let r = verify::verify(dir.path(), None).unwrap();
+    let r = verify::verify(dir.path(), None, None).unwrap();
     assert!(r.ok, "{}", r.render());
     assert_eq!(r.blocks, 20);
     assert_eq!(r.checkpoint.size, Some(20));
@@ -58,14 +58,14 @@ fn one_changed_byte_anywhere_in_a_block_names_that_block() {
             let mut b = pristine.clone();
             b[pos] ^= 0x01;
             std::fs::write(&log, &b).unwrap();
-            let r = verify::verify(dir.path(), None).unwrap();
+            let r = verify::verify(dir.path(), None, None).unwrap();
             assert!(!r.ok, "byte {pos} of block {height}: verify passed");
             let bad = r.first_bad.as_ref().map(|b| b.height);
             assert_eq!(bad, Some(height), "byte {pos} of block {height}: {}", r.render());
         }
     }
     std::fs::write(&log, &pristine).unwrap();
-    assert!(verify::verify(dir.path(), None).unwrap().ok);
+    assert!(verify::verify(dir.path(), None, None).unwrap().ok);
 }
 
 #[test]
@@ -79,7 +79,7 @@ fn a_deleted_block_is_named() {
         let mut cut = b[..r.start].to_vec();
         cut.extend_from_slice(&b[r.end..]);
         std::fs::write(&log, &cut).unwrap();
-        let report = verify::verify(dir.path(), None).unwrap();
+        let report = verify::verify(dir.path(), None, None).unwrap();
         assert!(!report.ok);
         if victim == 6 {
             // The chain alone cannot see a missing last block; the signed checkpoint does.
@@ -109,7 +109,7 @@ fn two_swapped_blocks_are_named() {
     swapped.extend_from_slice(&b[f[2].clone()]);
     swapped.extend_from_slice(&b[f[3].end..]);
     std::fs::write(&log, &swapped).unwrap();
-    let r = verify::verify(dir.path(), None).unwrap();
+    let r = verify::verify(dir.path(), None, None).unwrap();
     assert_eq!(r.first_bad.as_ref().map(|b| b.height), Some(3), "{}", r.render());
     assert!(r.first_bad.unwrap().what.contains("block 4"));
 }
@@ -128,7 +128,7 @@ fn a_rewritten_history_fails_the_signed_checkpoint() {
         }
     }
     std::fs::copy(forged.path().join(LOG_FILE), dir.path().join(LOG_FILE)).unwrap();
-    let r = verify::verify(dir.path(), None).unwrap();
+    let r = verify::verify(dir.path(), None, None).unwrap();
     assert!(r.first_bad.is_none());
     assert!(!r.ok);
     assert!(r.checkpoint.problem.unwrap().contains("history was rewritten"));
@@ -149,7 +149,7 @@ fn a_torn_tail_is_reported_then_cut_by_the_writer_and_nothing_acknowledged_is_lo
     torn.extend_from_slice(&five[f5.start..f5.start + (f5.end - f5.start) / 2]);
     std::fs::write(&log, &torn).unwrap();
 
-    let r = verify::verify(dir.path(), None).unwrap();
+    let r = verify::verify(dir.path(), None, None).unwrap();
     assert_eq!(r.first_bad.as_ref().map(|b| b.height), Some(5));
     assert!(r.first_bad.unwrap().what.contains("incomplete record"));
 
@@ -158,7 +158,7 @@ fn a_torn_tail_is_reported_then_cut_by_the_writer_and_nothing_acknowledged_is_lo
     assert!(cut.contains("after block 4"), "{cut}");
     drop(s);
     assert_eq!(std::fs::read(&log).unwrap(), good);
-    assert!(verify::verify(dir.path(), None).unwrap().ok);
+    assert!(verify::verify(dir.path(), None, None).unwrap().ok);
 }
 
 #[test]
@@ -190,7 +190,7 @@ fn concurrent_appends_are_group_committed_in_one_chain() {
     let wrong = heights.iter().zip(&want).position(|(a, b)| a != b);
     assert!(heights.len() == 3200 && wrong.is_none(), "receipts are not heights 1..=3200 once each (first difference at {wrong:?})");
     ledger.close().unwrap();
-    let r = verify::verify(dir.path(), None).unwrap();
+    let r = verify::verify(dir.path(), None, None).unwrap();
     assert!(r.ok, "{}", r.render());
     assert_eq!(r.checkpoint.size, Some(3200));
 }
@@ -239,3 +239,35 @@ fn the_log_is_append_only_where_the_file_system_allows() {
     std::process::Command::new("chattr").arg("-a").arg(&log).status().unwrap();
 }
 
+
+/// The key (and with it the witness) lives apart from the log, as on a node
+/// (the encrypted store vs /bpi/data/immutable). Emptying the log and deleting
+/// its checkpoint, or cutting blocks and re-signing nothing, is a rollback the
+/// witness still tells: verify fails and the writer refuses to open.
+#[test]
+fn a_rollback_to_an_empty_log_without_its_checkpoint_is_caught_by_the_witness() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let opts = || StoreOptions { key: keys.path().join("checkpoint.key"), ..StoreOptions::new(dir.path()) };
+    let (ledger, _) = Ledger::open(opts()).unwrap();
+    for i in 0..5 {
+        ledger.append(draft(i)).unwrap();
+    }
+    ledger.close().unwrap();
+    drop(ledger);
+    let witness = bpi_ledger::store::witness_path(&opts().key);
+    assert!(witness.exists());
+    assert!(verify::verify(dir.path(), None, Some(&witness)).unwrap().ok);
+
+    // Without the witness, the emptied store looks like a new one.
+    std::fs::write(dir.path().join(LOG_FILE), b"").unwrap();
+    std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+    let blind = verify::verify(dir.path(), None, None).unwrap();
+    assert!(blind.ok, "{}", blind.render());
+    let r = verify::verify(dir.path(), None, Some(&witness)).unwrap();
+    assert!(!r.ok, "{}", r.render());
+    let why = r.checkpoint.problem.unwrap();
+    assert!(why.contains("rolled back") && why.contains("covers 5 blocks but the log holds 0"), "{why}");
+    let refused = Store::open(opts()).err().expect("the writer opened a rolled-back store").to_string();
+    assert!(refused.contains("rolled back"), "{refused}");
+}
