@@ -70,7 +70,8 @@ fn install_disk(dev: &Path, a: &InstallArgs) -> Result<()> {
     let checked = install::check(&req)?;
     // Asked before anything is checksummed or written.
     let pass = if a.keys.passphrase && !a.dry_run { Some(crate::store::read_passphrase(true)?) } else { None };
-    let Prepared { target: t, plan, state_file } = install::prepare(&req, checked, &steps)?;
+    let prepared = install::prepare(&req, checked, &steps)?;
+    let Prepared { target: t, plan, state_file, image: opened } = &prepared;
     if a.dry_run {
         if a.json.on() {
             a.json.print(&plan)?;
@@ -81,8 +82,9 @@ fn install_disk(dev: &Path, a: &InstallArgs) -> Result<()> {
         return Ok(());
     }
     eprint!("{}", plan.render());
-    confirm(&t, a.yes)?;
-    let done = disk::apply(&plan, &state_file, &steps, pass.as_deref())?;
+    confirm(t, a.yes)?;
+    install::reidentify(&prepared, req.allow)?;
+    let done = disk::apply(plan, opened, state_file, &steps, pass.as_deref())?;
     steps.finish();
     println!(
         "installed {} onto {} (body written at {:.1} MB/s); it boots from this disk now",

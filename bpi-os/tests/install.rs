@@ -193,6 +193,25 @@ fn bad_input_is_refused_and_the_target_is_untouched() {
     let dir_target = install(&good, dir.path(), &state, &["--allow-file"]);
     let char_target = install(&good, Path::new("/dev/null"), &state, &[]);
 
+    // SHA256SUMS that does not vouch for the manifest; a FIFO and a device
+    // where SHA256SUMS and the manifest belong (a plain read would hang or
+    // never end).
+    let unbound = dir.path().join("unbound");
+    image(&unbound, 4);
+    let sums = std::fs::read_to_string(unbound.join("SHA256SUMS")).unwrap();
+    std::fs::write(unbound.join("SHA256SUMS"), sums.lines().filter(|l| !l.ends_with("manifest.json")).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let no_manifest_sum = install(&unbound, &disk, &state, &["--allow-file", "--force"]);
+    let fifo = dir.path().join("fifo");
+    image(&fifo, 4);
+    std::fs::remove_file(fifo.join("SHA256SUMS")).unwrap();
+    nix::unistd::mkfifo(&fifo.join("SHA256SUMS"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let fifo_sums = install(&fifo, &disk, &state, &["--allow-file", "--force"]);
+    let device = dir.path().join("device");
+    image(&device, 4);
+    std::fs::remove_file(device.join("manifest.json")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", device.join("manifest.json")).unwrap();
+    let device_manifest = install(&device, &disk, &state, &["--allow-file", "--force"]);
+
     // A missing image; a directory without one.
     let missing = install(&dir.path().join("nope/bpi-os.raw"), &disk, &state, &["--allow-file", "--force"]);
     let empty = dir.path().join("empty");
@@ -208,12 +227,59 @@ fn bad_input_is_refused_and_the_target_is_untouched() {
         ("char device", &char_target, "not a block device"),
         ("missing image", &missing, "cannot be read"),
         ("no raw in dir", &no_raw, "is not there"),
+        ("manifest not in SHA256SUMS", &no_manifest_sum, "lists no checksum for manifest.json"),
+        ("FIFO as SHA256SUMS", &fifo_sums, "not a regular file"),
+        ("device as manifest", &device_manifest, "not a regular file"),
     ] {
         assert!(!o.status.success(), "{name}: accepted");
         assert!(text(o).contains(want), "{name}: {}", text(o));
     }
     assert_eq!(sha256_file(&disk).unwrap(), before, "a refused install changed the disk");
     assert_eq!(sha256_file(&small).unwrap(), small_before, "a refused install changed the small disk");
+}
+
+/// The image is read through the descriptor that was hashed, and what lands
+/// on the disk is hashed again: a file moved over the image after the check
+/// is not what gets installed, and bytes changed in place after the check
+/// stop the install before the partition tables are written.
+#[test]
+fn what_is_installed_is_what_was_checked() {
+    use bpi_installer::install::{self, DiskRequest};
+    use bpi_installer::target::Allow;
+    let dir = tempfile::tempdir().unwrap();
+    let raw = image(&dir.path().join("img"), 6);
+    let checked = std::fs::read(&raw).unwrap();
+    let state = dir.path().join("state");
+    let steps = bpi_support::Steps::new("test");
+    let prepare = |disk: &Path| {
+        sparse(disk, 600 * MIB);
+        let req = DiskRequest { disk, image: &raw, allow: Allow { force: true, file: true }, state_dir: &state, store: None };
+        let c = install::check(&req).unwrap();
+        install::prepare(&req, c, &steps).unwrap()
+    };
+
+    // Another image moved over bpi-os.raw between the check and the write.
+    let disk = dir.path().join("disk-a");
+    let p = prepare(&disk);
+    let other = dir.path().join("other.raw");
+    let mut swapped = checked.clone();
+    swapped[3 * MIB as usize] ^= 0xff;
+    std::fs::write(&other, &swapped).unwrap();
+    std::fs::rename(&other, &raw).unwrap();
+    bpi_installer::disk::apply(&p.plan, &p.image, &p.state_file, &steps, None).unwrap();
+    let on_disk = std::fs::read(&disk).unwrap();
+    assert!(on_disk[MIB as usize..4 * MIB as usize] == checked[MIB as usize..4 * MIB as usize], "the moved-in file was installed");
+
+    // Bytes of the checked file itself changed after the check.
+    std::fs::write(&raw, &checked).unwrap();
+    let disk = dir.path().join("disk-b");
+    let p = prepare(&disk);
+    let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0x42], 3 * MIB).unwrap();
+    let err = bpi_installer::disk::apply(&p.plan, &p.image, &p.state_file, &steps, None).err().expect("an altered image was installed");
+    assert!(format!("{err:#}").contains("the image changed while it was written"), "{err:#}");
+    let on_disk = std::fs::read(&disk).unwrap();
+    assert!(gpt::parse_primary(&on_disk).is_err(), "the tables were written over an unverified body");
 }
 
 #[test]

@@ -56,9 +56,18 @@ impl Manifest {
         self.partitions.iter().find(|p| p.name == name)
     }
 
+    /// The most a manifest may be: it lists partitions and packages.
+    pub const MAX_BYTES: u64 = 8 << 20;
+
     pub fn load(path: &std::path::Path) -> anyhow::Result<Manifest> {
         use anyhow::Context;
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        let bytes = bpi_support::fsmode::read_small(path, Self::MAX_BYTES).with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(&bytes, &path.display().to_string())
+    }
+
+    /// A manifest from bytes already read (and checked against SHA256SUMS).
+    pub fn parse(bytes: &[u8], origin: &str) -> anyhow::Result<Manifest> {
+        use anyhow::Context;
+        serde_json::from_slice(bytes).with_context(|| format!("parsing {origin}"))
     }
 }

@@ -75,11 +75,13 @@ pub fn store_choice(s: &StoreRequest, tpm: Tpm) -> Result<StoreChoice> {
     Ok(StoreChoice { tpm2, pcrs: s.pcrs.clone(), recovery_key_file: s.recovery_key_file.clone(), passphrase: s.passphrase })
 }
 
-/// A plan ready to apply, and where its progress is recorded.
+/// A plan ready to apply, where its progress is recorded, and the image as
+/// opened and hashed (the install reads it from this descriptor).
 pub struct Prepared {
     pub target: Target,
     pub plan: Plan,
     pub state_file: PathBuf,
+    pub image: std::sync::Arc<std::fs::File>,
 }
 
 /// Verifies the image and plans the install; refuses (writing nothing) what
@@ -100,7 +102,19 @@ pub fn prepare(req: &DiskRequest, checked: Checked, steps: &Steps) -> Result<Pre
     // A table this very install wrote (and recorded) is no reason to stop.
     let resuming = disk::load_state(&state_file, &plan).is_some();
     refuse(target::refusals(&t, src.size, Allow { force: req.allow.force || resuming, ..req.allow }))?;
-    Ok(Prepared { target: t, plan, state_file })
+    Ok(Prepared { target: t, plan, state_file, image: src.file.clone() })
+}
+
+/// Inspects the disk again after the person confirmed: the disk they agreed
+/// to must still be the one planned for (a device swapped or resized while
+/// the prompt waited is refused).
+pub fn reidentify(p: &Prepared, allow: Allow) -> Result<()> {
+    let now = target::inspect(&p.target.given, allow)?;
+    let same = now.path == p.target.path && now.size == p.target.size && now.ids == p.target.ids && now.model == p.target.model;
+    if !same {
+        bail!("{} changed while the install waited for confirmation (now {}): nothing was written", p.target.describe(), now.describe());
+    }
+    Ok(())
 }
 
 /// What `--root DIR` will do: directories, unit files, units to enable.

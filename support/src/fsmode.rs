@@ -21,9 +21,55 @@ pub fn create_dirs(path: &Path, mode: u32) -> std::io::Result<()> {
     }
 }
 
+/// Opens `path` for reading only if it is a regular file: a FIFO or device
+/// named where a file is expected would hang a reader or feed it without end.
+/// Opened without blocking (a FIFO's open would wait for a writer), then
+/// checked on the open descriptor, so the file checked is the file read.
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{} is not a regular file", path.display())));
+    }
+    Ok(file)
+}
+
+/// A small regular file's bytes: refused past `limit` bytes, not read whole
+/// into memory first.
+pub fn read_small(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = open_regular(path)?;
+    let len = file.metadata()?.len();
+    if len > limit {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} is {len} bytes; at most {limit} are expected", path.display())));
+    }
+    let mut out = Vec::with_capacity(len as usize);
+    file.take(limit + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} grew past {limit} bytes while read", path.display())));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_small_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        std::fs::write(&f, b"hello").unwrap();
+        assert_eq!(read_small(&f, 5).unwrap(), b"hello");
+        assert!(read_small(&f, 4).unwrap_err().to_string().contains("at most 4"));
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // Would block for ever on a plain open.
+        assert!(read_small(&fifo, 1 << 20).unwrap_err().to_string().contains("not a regular file"));
+        assert!(read_small(Path::new("/dev/zero"), 1 << 20).unwrap_err().to_string().contains("not a regular file"));
+        assert!(read_small(dir.path(), 1 << 20).is_err());
+    }
 
     #[test]
     fn modes_do_not_follow_the_umask() {

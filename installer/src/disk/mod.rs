@@ -6,7 +6,10 @@
 //!    whose data is being overwritten can no longer be booted half-way;
 //! 2. write the image's body (everything after the first MiB, up to its own
 //!    backup table), syncing as it goes and recording how far it got;
-//! 3. read the body back and compare it with the image;
+//! 3. read the body back and hash it, with the image's first MiB (kept in
+//!    memory and written from there in step 5) and its tail, against the
+//!    sha256 the image was checked with: what is on the disk is what was
+//!    checked, even if the file changed after the check;
 //! 4. write the backup GPT at the disk's end (relocated from the image's end);
 //! 5. write the first MiB (protective MBR, primary GPT) last, and check both
 //!    tables by reading them back.
@@ -20,11 +23,10 @@ mod state;
 mod store_device;
 
 use std::fs::{File, OpenOptions};
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use bpi_formats::gpt::{self, ALIGN, SECTOR};
 use bpi_support::{progress, Cmd, Steps};
 
@@ -39,8 +41,9 @@ use store_device::{StoreDevice, STORE_WIPE};
 const CHECKPOINT_BYTES: u64 = 256 << 20;
 const CHUNK: usize = 4 << 20;
 
-/// Carries out `plan`, skipping what `state_file` says is done.
-pub fn apply(plan: &Plan, state_file: &Path, steps: &Steps, passphrase: Option<&str>) -> Result<Applied> {
+/// Carries out `plan`, skipping what `state_file` says is done. `image` is
+/// the image as opened and hashed by the check (`Source::file`).
+pub fn apply(plan: &Plan, image: &File, state_file: &Path, steps: &Steps, passphrase: Option<&str>) -> Result<Applied> {
     let mut state = load_state(state_file, plan).unwrap_or_else(|| State {
         image_sha256: plan.image_sha256.clone(),
         target: plan.target.path.clone(),
@@ -58,9 +61,10 @@ pub fn apply(plan: &Plan, state_file: &Path, steps: &Steps, passphrase: Option<&
     // Held for the writing steps, closed before the partitions are re-read and
     // the store is made: an exclusive hold on the disk blocks both.
     let mut handles = Some((open_target(&plan.target)?, open_direct(&plan.target)));
-    let mut image = File::open(&plan.image).with_context(|| format!("opening {}", plan.image.display()))?;
-    let mut head = vec![0u8; gpt::HEAD_BYTES as usize];
-    image.read_exact(&mut head).with_context(|| format!("reading {}", plan.image.display()))?;
+    // The first MiB is read once: hashed in VerifyBody, written in WritePrimaryTable.
+    let mut first = vec![0u8; ALIGN as usize];
+    image.read_exact_at(&mut first, 0).with_context(|| format!("reading {}", plan.image.display()))?;
+    let head = first[..gpt::HEAD_BYTES as usize].to_vec();
     let tables = disk_tables(&head, plan.target.size)?;
     let store_part = store_partition(&head, plan.target.size)?;
     let mut rate = 0.0;
@@ -88,12 +92,12 @@ pub fn apply(plan: &Plan, state_file: &Path, steps: &Steps, passphrase: Option<&
                 }
                 Step::WriteBody { from, to } => {
                     let (disk, direct) = open()?;
-                    rate = write_body(&Body { image: &image, direct, disk }, (*from, *to), state_file, &mut state, steps)?;
+                    rate = write_body(&Body { image, direct, disk }, (*from, *to), state_file, &mut state, steps)?;
                 }
                 Step::VerifyBody { from, to } => {
                     let (disk, direct) = open()?;
                     drop_cache(disk);
-                    compare(&Body { image: &image, direct, disk }, (*from, *to), steps)?;
+                    verify_written(&Body { image, direct, disk }, &first, (*from, *to), plan, steps)?;
                 }
                 Step::WriteBackupTable { offset, .. } => {
                     ensure!(*offset == tables.backup_offset, "the disk changed size since the plan was made");
@@ -102,11 +106,10 @@ pub fn apply(plan: &Plan, state_file: &Path, steps: &Steps, passphrase: Option<&
                     disk.sync_all()?;
                 }
                 Step::WritePrimaryTable { .. } => {
-                    let mut first = vec![0u8; ALIGN as usize];
-                    image.read_exact_at(&mut first, 0)?;
-                    first[..tables.primary.len()].copy_from_slice(&tables.primary);
+                    let mut written = first.clone();
+                    written[..tables.primary.len()].copy_from_slice(&tables.primary);
                     let (disk, _) = open()?;
-                    disk.write_all_at(&first, 0)?;
+                    disk.write_all_at(&written, 0)?;
                     disk.sync_all()?;
                 }
                 Step::VerifyTables => {
@@ -195,25 +198,37 @@ fn write_body(b: &Body, (from, to): (u64, u64), state_file: &Path, state: &mut S
     Ok((to - start) as f64 / t.elapsed().as_secs_f64().max(1e-9))
 }
 
-fn compare(b: &Body, (from, to): (u64, u64), steps: &Steps) -> Result<()> {
+/// Hashes the image as the disk now holds it: `first` (the image's first MiB,
+/// which step 5 writes from this very buffer), the body read back from the
+/// disk, and the image's tail (its own backup table, which the disk gets
+/// relocated), and compares the digest with the one the image was checked with.
+fn verify_written(b: &Body, first: &[u8], (from, to): (u64, u64), plan: &Plan, steps: &Steps) -> Result<()> {
+    use sha2::{Digest, Sha256};
     let Body { image, direct, disk } = *b;
+    ensure!(first.len() as u64 == from, "the body does not start after the first MiB");
+    let mut h = Sha256::new();
+    h.update(first);
     let mut progress = steps.bytes("verifying", to - from);
-    let mut a = vec![0u8; CHUNK];
-    let mut b = AlignedBuf::new(CHUNK);
+    let mut back = AlignedBuf::new(CHUNK);
     let mut at = from;
     while at < to {
         let n = ((to - at) as usize).min(CHUNK);
-        image.read_exact_at(&mut a[..n], at).context("reading the image")?;
-        let back = b.get(n);
-        read_at(direct, disk, back, at).context("reading the disk back")?;
-        if a[..n] != back[..] {
-            let i = a[..n].iter().zip(back.iter()).position(|(x, y)| x != y).unwrap_or(0);
-            bail!("the disk differs from the image at byte {}: the write did not stick (bad medium?)", at + i as u64);
-        }
+        let chunk = back.get(n);
+        read_at(direct, disk, chunk, at).context("reading the disk back")?;
+        h.update(&chunk[..]);
         at += n as u64;
         progress.add(n as u64);
     }
     progress.finish();
+    let mut tail = vec![0u8; (plan.image_size - to) as usize];
+    image.read_exact_at(&mut tail, to).context("reading the image's tail")?;
+    h.update(&tail);
+    let have = hex::encode(h.finalize());
+    ensure!(
+        have == plan.image_sha256,
+        "what is on the disk hashes to {have}, but the image was checked as {}: the image changed while it was written, or the write did not stick (bad medium?)",
+        plan.image_sha256
+    );
     Ok(())
 }
 

@@ -50,7 +50,7 @@ impl std::fmt::Display for Step {
             Step::WriteBody { from, to } => {
                 write!(f, "write image bytes {from}..{to} ({}) at the same offsets, syncing every 256 MiB", target::human(to - from))
             }
-            Step::VerifyBody { from, to } => write!(f, "read bytes {from}..{to} back from the disk and compare with the image"),
+            Step::VerifyBody { from, to } => write!(f, "read bytes {from}..{to} back from the disk and check the image's sha256 over what the disk holds"),
             Step::WriteBackupTable { offset, bytes } => {
                 write!(f, "write the backup GPT ({bytes} bytes) at the disk's end, offset {offset}")
             }
