@@ -156,18 +156,85 @@ fn check_run(
     run
 }
 
-/// Scans and checks a whole log held in memory. Hashing dominates, so the
-/// frames are split into one run per core, each checked in place.
-pub fn load(buf: &[u8]) -> Loaded {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-    let n = buf.len() / 256;
-    load_in_runs(buf, workers.min(n.div_ceil(4096)).max(1))
+/// How much of the log is read and checked at a time: the loader's memory
+/// is this plus the index, whatever the file's size (a log is never read
+/// whole: a sparse 1 TB file or a FIFO must not take the machine with it).
+pub const WINDOW: usize = 64 << 20;
+
+/// The index being built, window by window.
+#[derive(Default)]
+struct Building {
+    index: Index,
+    leaves: Vec<Hash>,
 }
 
-fn load_in_runs(buf: &[u8], runs: usize) -> Loaded {
+/// Scans and checks a log held in memory (tests; one window).
+pub fn load(buf: &[u8]) -> Loaded {
+    let mut b = Building::default();
+    let (tail, problem) = load_window(buf, 0, &mut b, runs_for(buf.len()));
+    finish(b, tail, problem)
+}
+
+/// Scans and checks the log at `path` a window at a time; an absent file is
+/// an empty log. Only regular files are read.
+pub fn load_path(path: &Path) -> Result<Loaded> {
+    load_path_in(path, WINDOW)
+}
+
+fn load_path_in(path: &Path, window_size: usize) -> Result<Loaded> {
+    let ctx = || format!("reading {}", path.display());
+    let file = match bpi_support::fsmode::open_regular(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(finish(Building::default(), Tail::Clean, None)),
+        Err(e) => return Err(LedgerError::io(ctx(), e)),
+    };
+    let len = file.metadata().ctx(ctx)?.len();
+    let mut buf = vec![0u8; window_size.min(len as usize)];
+    let mut b = Building::default();
+    let mut at = 0u64;
+    loop {
+        let n = ((len - at) as usize).min(window_size);
+        let window = &mut buf[..n];
+        file.read_exact_at(window, at).ctx(ctx)?;
+        let (tail, problem) = load_window(window, at, &mut b, runs_for(n));
+        let more = at + (n as u64) < len;
+        match tail {
+            _ if problem.is_some() || !more => return Ok(finish(b, tail, problem)),
+            // A record cut by the window's end: read again from its start. A
+            // window that holds no whole record (records are far smaller) is
+            // zeros or garbage, not a torn append.
+            Tail::Torn { offset, .. } if offset > at => at = offset,
+            Tail::Torn { offset, .. } => {
+                let what = format!("{window_size} bytes without a record where records should be (zeros or garbage past what a torn append leaves)");
+                let problem = Problem { height: b.index.len() + 1, offset, what: what.clone() };
+                return Ok(finish(b, Tail::Damaged { offset, why: what }, Some(problem)));
+            }
+            Tail::Clean => at += n as u64,
+            Tail::Damaged { .. } => unreachable!("a damaged tail is a problem"),
+        }
+    }
+}
+
+fn runs_for(bytes: usize) -> usize {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    workers.min((bytes / 256).div_ceil(4096)).max(1)
+}
+
+fn finish(b: Building, tail: Tail, problem: Option<Problem>) -> Loaded {
+    let mut index = b.index;
+    index.tree = Tree::from_leaves(b.leaves);
+    Loaded { index, tail, problem }
+}
+
+/// Checks the frames of `buf` (the log's bytes from offset `base`) in `runs`
+/// parallel runs and appends the good blocks to `b`. Hashing dominates, so
+/// each run checks its frames in place. Returns the window's tail (offsets
+/// in the file) and the first problem.
+fn load_window(buf: &[u8], base: u64, b: &mut Building, runs: usize) -> (Tail, Option<Problem>) {
     let scan = frame::scan(buf);
     let n = scan.frames.len();
     let chunk = n.div_ceil(runs).max(1);
+    let first = b.index.len() as usize;
     let mut leaves = vec![[0u8; 32]; n];
     let mut timestamps = vec![0u64; n];
     let mut categories = vec![0u16; n];
@@ -179,16 +246,17 @@ fn load_in_runs(buf: &[u8], runs: usize) -> Loaded {
             .zip(timestamps.chunks_mut(chunk))
             .zip(categories.chunks_mut(chunk))
             .enumerate()
-            .map(|(k, (((f, l), t), c))| s.spawn(move || check_run(buf, f, k * chunk, l, t, c)))
+            .map(|(k, (((f, l), t), c))| s.spawn(move || check_run(buf, f, first + k * chunk, l, t, c)))
             .collect();
         handles.into_iter().map(|h| h.join().expect("ledger check worker panicked")).collect()
     });
 
-    // Join the runs in order: the first problem wins; runs after it are dropped.
-    let mut index = Index::default();
+    // Join the runs in order (the first to the blocks before this window): the
+    // first problem wins; runs after it are dropped.
+    let index = &mut b.index;
     let mut good = 0usize;
     let mut problem = None;
-    let mut last: Option<Hash> = None;
+    let mut last: Option<Hash> = index.last_hash;
     for (k, run) in runs.into_iter().enumerate() {
         let start = k * chunk;
         let len = (n - start).min(chunk);
@@ -210,26 +278,30 @@ fn load_in_runs(buf: &[u8], runs: usize) -> Loaded {
             last = run.last_hash;
         }
         if let Some(what) = bad {
-            let offset = scan.frames[good].0;
-            problem = Some(Problem { height: good as u64 + 1, offset, what });
+            let offset = base + scan.frames[good].0;
+            problem = Some(Problem { height: (first + good) as u64 + 1, offset, what });
             break;
         }
     }
-    leaves.truncate(good);
-    timestamps.truncate(good);
-    categories.truncate(good);
-    index.offsets = scan.frames[..good].iter().map(|(o, _)| *o).collect();
-    index.end = scan.frames[..good].last().map_or(0, |(_, r)| r.end as u64);
+    b.leaves.extend_from_slice(&leaves[..good]);
+    index.timestamps.extend_from_slice(&timestamps[..good]);
+    index.categories.extend_from_slice(&categories[..good]);
+    index.offsets.extend(scan.frames[..good].iter().map(|(o, _)| base + *o));
+    if let Some((_, r)) = scan.frames[..good].last() {
+        index.end = base + r.end as u64;
+    }
     index.last_hash = last;
-    index.timestamps = timestamps;
-    index.categories = categories;
-    index.tree = Tree::from_leaves(leaves);
+    let tail = match scan.tail {
+        Tail::Clean => Tail::Clean,
+        Tail::Torn { offset, bytes, why } => Tail::Torn { offset: base + offset, bytes, why },
+        Tail::Damaged { offset, why } => Tail::Damaged { offset: base + offset, why },
+    };
     if problem.is_none() {
-        if let Tail::Damaged { offset, why } = &scan.tail {
+        if let Tail::Damaged { offset, why } = &tail {
             problem = Some(Problem { height: index.len() + 1, offset: *offset, what: why.clone() });
         }
     }
-    Loaded { index, tail: scan.tail, problem }
+    (tail, problem)
 }
 
 /// Read access to a log on disk through its index.
@@ -240,35 +312,6 @@ pub struct Log {
 }
 
 impl Log {
-    /// The whole file (empty if there is none). Large files are read in
-    /// parallel slices: faulting in the fresh buffer's pages, not the copy,
-    /// is what costs, and it splits over the cores.
-    pub fn read_all(path: &Path) -> Result<Vec<u8>> {
-        let ctx = || format!("reading {}", path.display());
-        let file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(LedgerError::io(ctx(), e)),
-        };
-        let len = file.metadata().ctx(ctx)?.len() as usize;
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-        let slice = len.div_ceil(workers).max(8 << 20);
-        let mut buf = vec![0u8; len];
-        std::thread::scope(|s| {
-            let parts: Vec<_> = buf
-                .chunks_mut(slice)
-                .enumerate()
-                .map(|(i, part)| {
-                    let file = &file;
-                    s.spawn(move || file.read_exact_at(part, (i * slice) as u64))
-                })
-                .collect();
-            parts.into_iter().try_for_each(|p| p.join().expect("reader thread panicked"))
-        })
-        .ctx(ctx)?;
-        Ok(buf)
-    }
-
     pub fn len(&self) -> u64 {
         self.index.len()
     }
@@ -351,6 +394,12 @@ pub struct Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn load_with_runs(buf: &[u8], runs: usize) -> Loaded {
+        let mut b = Building::default();
+        let (tail, problem) = load_window(buf, 0, &mut b, runs);
+        finish(b, tail, problem)
+    }
     use crate::store::{Store, StoreOptions};
     use crate::Draft;
 
@@ -405,10 +454,19 @@ mod tests {
                 variants.push(swapped);
             }
         }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("log");
         for (v, buf) in variants.iter().enumerate() {
-            let one = summary(&load_in_runs(buf, 1));
+            let one = summary(&load_with_runs(buf, 1));
             for runs in 2..=7 {
-                assert_eq!(summary(&load_in_runs(buf, runs)), one, "variant {v}, {runs} runs");
+                assert_eq!(summary(&load_with_runs(buf, runs)), one, "variant {v}, {runs} runs");
+            }
+            // Read from a file a window at a time, windows cutting records
+            // anywhere: the same blocks, the same first problem.
+            std::fs::write(&file, buf).unwrap();
+            for window in [600, 1000, 4096, 1 << 20] {
+                let streamed = load_path_in(&file, window).unwrap();
+                assert_eq!(summary(&streamed), one, "variant {v}, window {window}");
             }
             if v == 0 {
                 assert_eq!(one.0, 23);

@@ -227,9 +227,7 @@ impl Store {
 
         let path = dir.join(LOG_FILE);
         let new_log = !path.exists();
-        let buf = Log::read_all(&path)?;
-        let loaded = log::load(&buf);
-        drop(buf);
+        let loaded = log::load_path(&path)?;
         let file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -413,9 +411,7 @@ pub fn open_read(dir: &Path) -> Result<(Log, Option<Problem>)> {
             dir.display()
         )));
     }
-    let buf = Log::read_all(&path)?;
-    let loaded = log::load(&buf);
-    drop(buf);
+    let loaded = log::load_path(&path)?;
     let file = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
     let mut problem = loaded.problem;
     if problem.is_none() {

@@ -271,3 +271,28 @@ fn a_rollback_to_an_empty_log_without_its_checkpoint_is_caught_by_the_witness() 
     let refused = Store::open(opts()).err().expect("the writer opened a rolled-back store").to_string();
     assert!(refused.contains("rolled back"), "{refused}");
 }
+
+/// The log is read a window at a time, never whole: a sparse 1 TiB file (it
+/// aborted verify with a failed 1 TiB allocation) is reported as damaged after
+/// one window of zeros, and a FIFO in its place (it hung verify) is refused.
+#[test]
+fn a_huge_sparse_log_or_a_fifo_is_reported_not_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    store(dir.path(), 3);
+    let log = dir.path().join(LOG_FILE);
+    std::fs::OpenOptions::new().write(true).open(&log).unwrap().set_len(1 << 40).unwrap();
+    let started = std::time::Instant::now();
+    let r = verify::verify(dir.path(), None, None).unwrap();
+    assert!(!r.ok, "{}", r.render());
+    let bad = r.first_bad.as_ref().unwrap();
+    assert_eq!(bad.height, 4, "{}", r.render());
+    assert!(bad.what.contains("without a record"), "{}", r.render());
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "took {:?}", started.elapsed());
+    let refused = Store::open(StoreOptions::new(dir.path())).err().expect("the writer opened it").to_string();
+    assert!(refused.contains("damaged at height 4"), "{refused}");
+
+    std::fs::remove_file(&log).unwrap();
+    nix::unistd::mkfifo(&log, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let err = verify::verify(dir.path(), None, None).expect_err("a FIFO verified").full();
+    assert!(err.contains("not a regular file"), "{err}");
+}
