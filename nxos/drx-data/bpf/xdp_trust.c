@@ -33,7 +33,8 @@ enum reason {
 	R_UNKNOWN,       // no prefix matched: unknown_verdict
 	R_NOT_IP,        // neither IPv4 nor IPv6: pass
 	R_MALFORMED,     // truncated or inconsistent headers: default_verdict
-	R_UNPARSED,      // IPv6 extension header we cannot walk: default_verdict
+	R_UNPARSED,      // headers we cannot walk (an IPv6 extension header, a routing
+	                 // header type, a third VLAN tag): default_verdict
 	R_CACHE_HIT,     // auxiliary: lookups answered by drx_cache
 	R_CACHE_MISS,    // auxiliary: lookups that went to the trie
 	R_COUNT,
@@ -206,6 +207,13 @@ struct ipv6_ext {
 	__u8 len;
 };
 
+struct ipv6_rt {
+	__u8 nexthdr;
+	__u8 len;
+	__u8 type;
+	__u8 segments_left;
+};
+
 static __always_inline int is_vlan(__u16 proto)
 {
 	return proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD);
@@ -213,14 +221,43 @@ static __always_inline int is_vlan(__u16 proto)
 
 // Walks IPv6 extension headers. Returns 0 on reaching an upper-layer
 // protocol, -1 on truncation, -2 on a header it does not know how to walk.
-static __always_inline int walk_ipv6_ext(void *cur, void *end, __u8 nexthdr)
+// A routing header with segments left names where the packet is finally
+// going, not its destination address (the next hop): that address is copied
+// into `final` (16 bytes), since the trust that matters is the final one.
+static __always_inline int walk_ipv6_ext(void *cur, void *end, __u8 nexthdr, __u8 *final)
 {
 #pragma unroll
 	for (int i = 0; i < MAX_EXT_HDRS; i++) {
 		struct ipv6_ext *ext = cur;
 		switch (nexthdr) {
+		case IPPROTO_ROUTING: {
+			struct ipv6_rt *rt = cur;
+			if ((void *)(rt + 1) > end)
+				return -1;
+			if (rt->segments_left) {
+				void *addr;
+				if (rt->type == 2 || rt->type == 4) {
+					// Mobile IPv6: the home address; Segment Routing
+					// (RFC 8754): segment list[0] is the last segment.
+					addr = cur + 8;
+				} else if (rt->type == 0) {
+					// RFC 2460's type 0 (deprecated): the last address listed.
+					__u32 n = rt->len / 2;
+					if (n == 0)
+						return -1;
+					addr = cur + 8 + ((n - 1) & 0x7f) * 16;
+				} else {
+					return -2;
+				}
+				if (addr + 16 > end)
+					return -1;
+				__builtin_memcpy(final, addr, 16);
+			}
+			nexthdr = rt->nexthdr;
+			cur += ((__u32)rt->len + 1) * 8;
+			break;
+		}
 		case IPPROTO_HOPOPTS:
-		case IPPROTO_ROUTING:
 		case IPPROTO_DSTOPTS:
 			if ((void *)(ext + 1) > end)
 				return -1;
@@ -291,6 +328,12 @@ int xdp_trust_routing(struct xdp_md *ctx)
 		proto = vh->proto;
 		cur = vh + 1;
 	}
+	// More tags than the program unwraps: it cannot see the destination, so
+	// the frame gets the default verdict (counted), not a silent pass as not-IP.
+	if (is_vlan(proto)) {
+		count(R_UNPARSED, bytes);
+		return default_verdict;
+	}
 
 	struct cache_key ck = {};
 	if (proto == bpf_htons(ETH_P_IP)) {
@@ -308,7 +351,8 @@ int xdp_trust_routing(struct xdp_md *ctx)
 			count(R_MALFORMED, bytes);
 			return default_verdict;
 		}
-		int walked = walk_ipv6_ext(ip6 + 1, end, ip6->nexthdr);
+		__builtin_memcpy(ck.addr, &ip6->daddr, 16);
+		int walked = walk_ipv6_ext(ip6 + 1, end, ip6->nexthdr, ck.addr);
 		if (walked == -1) {
 			count(R_MALFORMED, bytes);
 			return default_verdict;
@@ -318,7 +362,6 @@ int xdp_trust_routing(struct xdp_md *ctx)
 			return default_verdict;
 		}
 		ck.family = 6;
-		__builtin_memcpy(ck.addr, &ip6->daddr, 16);
 	} else {
 		count(R_NOT_IP, bytes);
 		return XDP_PASS;

@@ -132,6 +132,35 @@ fn ipv6_extension_headers_are_walked_or_get_the_default_verdict() {
     rh.extend_from_slice(&[0; 16]);
     rh.extend_from_slice(&[0; 20]);
     bed.expect("routing+tcp", &frames::ethernet(&[], ETH_IPV6, &v6([0, 1, 0, 1], 43, &rh)), XDP_PASS, Reason::Trusted);
+    // A routing header with segments left: the packet is going to the final
+    // segment, not to its destination address (the next hop). Trust is the
+    // final destination's: a low-trust final segment behind a trusted next
+    // hop is dropped, and the other way round passes.
+    let addr = |net: u8| -> [u8; 16] { [0xfd, 0, 0, net, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9] };
+    let srh = |final_net: u8, kind: u8| -> Vec<u8> {
+        // Segment routing (type 4) or Mobile IPv6 (type 2): list[0] / the home address at byte 8.
+        let mut h = vec![17, 2, kind, 1, 0, 0, 0, 0];
+        h.extend_from_slice(&addr(final_net));
+        h.extend_from_slice(&frames::udp(53, b"x"));
+        h
+    };
+    for kind in [4u8, 2] {
+        bed.expect(&format!("routing type {kind}, final low behind high"), &frames::ethernet(&[], ETH_IPV6, &v6([0, 1, 0, 1], 43, &srh(2, kind))), XDP_DROP, Reason::LowTrust);
+        bed.expect(&format!("routing type {kind}, final high behind low"), &frames::ethernet(&[], ETH_IPV6, &v6([0, 2, 0, 1], 43, &srh(1, kind))), XDP_PASS, Reason::Trusted);
+    }
+    // Type 0 (deprecated): the last of its addresses.
+    let mut rh0 = vec![17, 4, 0, 2, 0, 0, 0, 0];
+    rh0.extend_from_slice(&addr(1));
+    rh0.extend_from_slice(&addr(2));
+    rh0.extend_from_slice(&frames::udp(53, b"x"));
+    bed.expect("routing type 0, last address low", &frames::ethernet(&[], ETH_IPV6, &v6([0, 1, 0, 1], 43, &rh0)), XDP_DROP, Reason::LowTrust);
+    // A routing type it cannot read (RPL, 3) with segments left: default verdict.
+    let mut rpl = srh(1, 3);
+    rpl[2] = 3;
+    bed.expect("routing type 3", &frames::ethernet(&[], ETH_IPV6, &v6([0, 1, 0, 1], 43, &rpl)), XDP_DROP, Reason::Unparsed);
+    // The final address cut off.
+    let cut = srh(2, 4)[..12].to_vec();
+    bed.expect("routing final address cut", &frames::ethernet(&[], ETH_IPV6, &v6([0, 1, 0, 1], 43, &cut)), XDP_DROP, Reason::Malformed);
     // Mobility (135) and experimental (253): headers it does not walk.
     for nh in [135u8, 139, 140, 253, 254] {
         bed.expect(&format!("next header {nh}"), &frames::ethernet(&[], ETH_IPV6, &v6([0, 1, 0, 1], nh, &[59, 0, 0, 0, 0, 0, 0, 0])), XDP_DROP, Reason::Unparsed);
@@ -163,6 +192,9 @@ fn malformed_frames_get_the_default_verdict() {
         }
         let vlan = frames::ethernet(&[(ETH_8021Q, 5)], ETH_IP, &v4([10, 1, 2, 3]));
         bed.expect("vlan tag cut", &vlan[..16], want, Reason::Malformed);
+        // A third VLAN tag: more than the program unwraps; not passed as not-IP.
+        let three = frames::ethernet(&[(ETH_8021AD, 1), (ETH_8021Q, 2), (ETH_8021Q, 3)], ETH_IP, &v4([10, 2, 2, 3]));
+        bed.expect("three vlan tags", &three, want, Reason::Unparsed);
         let mut bad = good4.clone();
         for ihl in [0u8, 1, 4] {
             bad[14] = 0x40 | ihl;
