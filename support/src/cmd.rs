@@ -119,7 +119,13 @@ impl Cmd {
     }
 
     /// Runs to completion and returns stdout as bytes.
-    pub fn output_bytes(mut self) -> Result<Vec<u8>, CmdError> {
+    pub fn output_bytes(self) -> Result<Vec<u8>, CmdError> {
+        self.output_and_stderr_tail().map(|(out, _)| out)
+    }
+
+    /// Runs to completion and returns stdout, and the last lines of stderr
+    /// (for programs that report their results there).
+    pub fn output_and_stderr_tail(mut self) -> Result<(Vec<u8>, Vec<String>), CmdError> {
         let cmdline = self.cmdline();
         crate::progress::log(&format!("$ {cmdline}"));
         self.inner
@@ -176,10 +182,10 @@ impl Cmd {
             source,
         })?;
         let _ = err_reader.join();
+        let stderr_tail: Vec<String> = tail.lock().expect("tail lock").iter().cloned().collect();
         if status.success() {
-            Ok(stdout)
+            Ok((stdout, stderr_tail))
         } else {
-            let stderr_tail = tail.lock().expect("tail lock").iter().cloned().collect();
             Err(CmdError::Failed {
                 cmdline,
                 status,

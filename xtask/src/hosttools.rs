@@ -39,6 +39,8 @@ pub const TEST: &[(&str, &str)] = &[
     // The ledger's D-Bus tests run a private bus and call it with dbus-send.
     ("dbus-daemon", "dbus-daemon"),
     ("dbus-send", "dbus-bin"),
+    // libFuzzer (the fuzz targets, `cargo xtask fuzz`) is C++.
+    ("g++", "g++"),
     // Every unit's exposure is scored offline (formats/tests/unit_security.rs).
     ("systemd-analyze", "systemd"),
     ("chattr", "e2fsprogs"),

@@ -3,6 +3,7 @@
 
 mod apt;
 mod bench_cmd;
+mod fuzz_cmd;
 mod buildenv;
 mod hosttools;
 mod image_cmd;
@@ -34,6 +35,8 @@ enum Command {
     QemuTest(test_cmd::QemuArgs),
     /// Benchmarks, as ratios against reference tools run alongside.
     Bench,
+    /// The fuzz targets (fuzz/), each for --seconds (300 by default).
+    Fuzz(fuzz_cmd::FuzzArgs),
 }
 
 fn main() {
@@ -45,6 +48,7 @@ fn main() {
         Command::Test(args) => test_cmd::test(&args),
         Command::QemuTest(args) => test_cmd::qemu_test(&args),
         Command::Bench => bench_cmd::bench(),
+        Command::Fuzz(args) => fuzz_cmd::fuzz(&args),
     });
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Result;
 use bpi_support::{progress, skip, Cmd, Steps};
 
-use crate::{buildenv, cargo, hosttools, image_cmd, workspace_root};
+use crate::{buildenv, cargo, fuzz_cmd, hosttools, image_cmd, workspace_root};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -34,6 +34,9 @@ pub fn test(args: &TestArgs) -> Result<()> {
                 .current_dir(workspace_root())
                 .echo()
                 .run()
+        })?;
+        steps.step(&format!("fuzz targets, {} s each", fuzz_cmd::TEST_SECONDS), || {
+            fuzz_cmd::run(fuzz_cmd::TARGETS, fuzz_cmd::TEST_SECONDS, &steps).map(|_| ())
         })?;
         steps.step("image, built twice and compared (reproducibility)", || {
             image_cmd::build_image(&image_cmd::BuildArgs { mirror: None, check_reproducible: true })

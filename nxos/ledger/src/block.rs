@@ -382,6 +382,18 @@ mod tests {
         assert!(canonical_json(r#"{"f":1e300,"g":0.1}"#).is_ok());
     }
 
+    /// Found by the ledger_data fuzz target: without correctly rounded float
+    /// parsing (serde_json's float_roundtrip), the canonical form of this
+    /// number was not its own canonical form, so a verifier that
+    /// re-canonicalised would disagree with the stored bytes.
+    #[test]
+    fn the_canonical_form_is_a_fixed_point_for_floats() {
+        for text in [r#"{"big":18.6674407370955161}"#, r#"{"x":0.30000000000000004,"y":1e-7,"z":123456.789e-3}"#] {
+            let once = canonical_json(text).unwrap();
+            assert_eq!(canonical_json(&once).unwrap(), once, "{text}");
+        }
+    }
+
     #[test]
     fn encoding_round_trips_and_hash_covers_every_field() {
         let d = draft("bridge", r#"{"uplink_interface":"enp2s0","bridge_name":"ovsbr0"}"#);
