@@ -2,7 +2,7 @@
 //! org.bpi.os.Control1). Queries are open; changes are for root or the
 //! admin group, checked here as well as by the bus policy.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use anyhow::Result;
 use bpi_support::dbus::{block_stop_signals, serve_until_signal, Admins};
@@ -21,8 +21,12 @@ pub const OBJECT_PATH: &str = "/org/bpi/os/Control1";
 /// checked against this list by a test) and refused again by the service.
 pub const ADMIN_METHODS: &[&str] = &["trust_update", "link_update", "data_plane_update"];
 
+/// Queries share the engine (read lock), changes have it alone (write lock;
+/// std's lock lets a waiting writer in before new readers, so a flood of open
+/// queries cannot starve an admin's change). Both run on blocking threads:
+/// the executor that serves the connection only dispatches.
 pub struct ControlService {
-    engine: Arc<Mutex<Engine>>,
+    engine: Arc<RwLock<Engine>>,
     admins: Admins,
 }
 
@@ -30,8 +34,8 @@ fn invalid(e: anyhow::Error) -> fdo::Error {
     fdo::Error::InvalidArgs(format!("{e:#}"))
 }
 
-fn locked(engine: &Mutex<Engine>) -> fdo::Result<std::sync::MutexGuard<'_, Engine>> {
-    engine.lock().map_err(|_| fdo::Error::Failed("the engine's lock is poisoned".into()))
+fn poisoned<T>(_: T) -> fdo::Error {
+    fdo::Error::Failed("the engine's lock is poisoned".into())
 }
 
 fn run_of(dry_run: bool) -> Run {
@@ -43,8 +47,10 @@ fn run_of(dry_run: bool) -> Run {
 }
 
 impl ControlService {
-    fn engine(&self) -> fdo::Result<std::sync::MutexGuard<'_, Engine>> {
-        locked(&self.engine)
+    /// Runs a query on a thread of its own, sharing the engine with other queries.
+    async fn query<T: Send + 'static>(&self, f: impl FnOnce(&Engine) -> fdo::Result<T> + Send + 'static) -> fdo::Result<T> {
+        let engine = self.engine.clone();
+        blocking::unblock(move || f(&*engine.read().map_err(poisoned)?)).await
     }
 
     /// Runs a change on a thread of its own (it writes the data plane's maps
@@ -52,7 +58,7 @@ impl ControlService {
     /// that serves this connection), then tells watchers what changed.
     async fn change(&self, emitter: &SignalEmitter<'_>, f: impl FnOnce(&mut Engine) -> anyhow::Result<Change> + Send + 'static) -> fdo::Result<Change> {
         let engine = self.engine.clone();
-        let change = blocking::unblock(move || locked(&engine).and_then(|mut e| f(&mut e).map_err(invalid))).await?;
+        let change = blocking::unblock(move || f(&mut *engine.write().map_err(poisoned)?).map_err(invalid)).await?;
         if !change.dry_run {
             // A watcher that missed these reads the properties again: not worth failing the change.
             let _ = self.changes_changed(emitter).await;
@@ -71,46 +77,52 @@ impl ControlService {
 
     /// Nodes, with their trust, and links.
     #[zbus(name = "topology")]
-    fn topology(&self) -> fdo::Result<TopologyView> {
-        Ok(self.engine()?.topology_view())
+    async fn topology(&self) -> fdo::Result<TopologyView> {
+        self.query(|e| Ok(e.topology_view())).await
     }
 
     /// The routing table from the local node.
     #[zbus(name = "routing_table")]
-    fn routing_table(&self) -> fdo::Result<Vec<RouteView>> {
-        Ok(self.engine()?.routing_table())
+    async fn routing_table(&self) -> fdo::Result<Vec<RouteView>> {
+        self.query(|e| Ok(e.routing_table())).await
     }
 
     /// Best path and backups; intent "" for none, backups < 0 for the default.
     #[zbus(name = "route")]
-    fn route(&self, from: String, to: String, intent: String, backups: i32) -> fdo::Result<RouteReply> {
-        let intent = (!intent.is_empty()).then_some(intent.as_str());
+    async fn route(&self, from: String, to: String, intent: String, backups: i32) -> fdo::Result<RouteReply> {
         let k = usize::try_from(backups).ok();
-        Ok(self.engine()?.route(&from, &to, intent, k).map_err(invalid)?.into())
+        self.query(move |e| {
+            let intent = (!intent.is_empty()).then_some(intent.as_str());
+            Ok(e.route(&from, &to, intent, k).map_err(invalid)?.into())
+        })
+        .await
     }
 
     /// A hand-given path (node ids) checked: figures and whether it meets the intent.
     #[zbus(name = "check_path")]
-    fn check_path(&self, nodes: Vec<String>, intent: String) -> fdo::Result<PathCheck> {
-        let intent = (!intent.is_empty()).then_some(intent.as_str());
-        self.engine()?.check(&nodes, intent).map_err(invalid)
+    async fn check_path(&self, nodes: Vec<String>, intent: String) -> fdo::Result<PathCheck> {
+        self.query(move |e| {
+            let intent = (!intent.is_empty()).then_some(intent.as_str());
+            e.check(&nodes, intent).map_err(invalid)
+        })
+        .await
     }
 
     #[zbus(name = "metrics")]
-    fn metrics(&self) -> fdo::Result<Metrics> {
-        Ok(self.engine()?.metrics.clone())
+    async fn metrics(&self) -> fdo::Result<Metrics> {
+        self.query(|e| Ok(e.metrics.clone())).await
     }
 
     /// Changes made since the daemon started; a watcher waits for its PropertiesChanged.
     #[zbus(property, name = "Changes")]
-    fn changes(&self) -> fdo::Result<u64> {
-        Ok(self.engine()?.metrics.changes)
+    async fn changes(&self) -> fdo::Result<u64> {
+        self.query(|e| Ok(e.metrics.changes)).await
     }
 
     /// The data plane's version as last written or read (0 with no maps).
     #[zbus(property, name = "DataPlaneVersion")]
-    fn data_plane_version(&self) -> fdo::Result<u64> {
-        Ok(self.engine()?.metrics.data_plane_version)
+    async fn data_plane_version(&self) -> fdo::Result<u64> {
+        self.query(|e| Ok(e.metrics.data_plane_version)).await
     }
 
     /// Sets nodes' trust (names, or data-plane numbers) as one batch.
@@ -210,7 +222,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     }
     let status = format!("{} nodes, {} links, {} intents", engine.graph.len(), engine.graph.target.len() / 2, engine.intents.len());
     note(&status);
-    let service = ControlService { engine: Arc::new(Mutex::new(engine)), admins };
+    let service = ControlService { engine: Arc::new(RwLock::new(engine)), admins };
     let sig = serve_until_signal(signals, opts.bus.as_deref(), BUS_NAME, OBJECT_PATH, service, &status)?;
     note(&format!("{sig:?}: stopping"));
     Ok(())
