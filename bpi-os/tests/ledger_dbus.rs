@@ -193,3 +193,50 @@ fn the_service_feeds_the_watchdog_and_exits_when_the_bus_is_gone() {
     let status = svc.exited_within(std::time::Duration::from_secs(20)).expect("the service lived on without its bus");
     assert_eq!(status.code(), Some(1), "{status}");
 }
+
+/// Eight verifications asked at once (they took the daemon to 1.15 GB: each
+/// read the whole log) now run one at a time over a 64 MiB window: the
+/// daemon's peak memory stays below three times the log (one window, the
+/// writer's and the verifier's indexes, a debug build's allocator), where
+/// eight whole copies would be more than eight times it.
+#[test]
+fn concurrent_verifications_do_not_multiply_the_daemons_memory() {
+    if !can_run() {
+        return;
+    }
+    let s = scratch();
+    let store = s.dir.path().join("store");
+    {
+        let (mut w, _) = bpi_ledger::store::Store::open(bpi_ledger::store::StoreOptions::new(&store)).unwrap();
+        let value = "v".repeat(900);
+        for batch in 0..100 {
+            let drafts: Vec<bpi_ledger::Draft> = (0..1000)
+                .map(|i| bpi_ledger::Draft::new("settings-plugin", "settings", "modified", "root", format!(r#"{{"key":"k{batch}-{i}","value":"{value}"}}"#)))
+                .collect();
+            assert!(w.append_batch(&drafts).iter().all(|r| r.is_ok()));
+        }
+        w.checkpoint().unwrap();
+    }
+    let log_bytes = std::fs::metadata(store.join("blocks.log")).unwrap().len();
+    assert!(log_bytes > 90 << 20, "a log of {log_bytes} bytes is too small to tell");
+    let bus = start_bus(&s, &[]);
+    let svc = serve(&s, &bus, &store, &[]);
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let address = bus.address.clone();
+            std::thread::spawn(move || {
+                let conn = bpi_ledger::service::connect(Some(&address)).unwrap();
+                let p = Ledger1ProxyBlocking::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().unwrap();
+                p.verify_blockchain_integrity().unwrap()
+            })
+        })
+        .collect();
+    for t in threads {
+        let r = t.join().unwrap();
+        assert!(r.ok && r.blocks == 100_000, "{r:?}");
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", svc.pid())).unwrap();
+    let hwm_kib: u64 = status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap();
+    eprintln!("log {} MiB; the daemon's peak {} MiB after eight concurrent verifications", log_bytes >> 20, hwm_kib >> 10);
+    assert!(hwm_kib * 1024 < 3 * log_bytes, "peak {} MiB for a {} MiB log", hwm_kib >> 10, log_bytes >> 20);
+}

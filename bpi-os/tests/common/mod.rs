@@ -130,6 +130,10 @@ pub struct Service {
 }
 
 impl Service {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The next sd_notify message (10 s at most).
     pub fn notified(&self) -> Option<String> {
         let mut buf = [0u8; 512];
