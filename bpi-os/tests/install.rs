@@ -280,6 +280,15 @@ fn what_is_installed_is_what_was_checked() {
     assert!(format!("{err:#}").contains("the image changed while it was written"), "{err:#}");
     let on_disk = std::fs::read(&disk).unwrap();
     assert!(gpt::parse_primary(&on_disk).is_err(), "the tables were written over an unverified body");
+
+    // The disk changed (here: resized) while the confirmation prompt waited.
+    std::fs::write(&raw, &checked).unwrap();
+    let disk = dir.path().join("disk-c");
+    let p = prepare(&disk);
+    assert!(install::reidentify(&p, Allow { force: true, file: true }).is_ok());
+    std::fs::OpenOptions::new().write(true).open(&disk).unwrap().set_len(700 * MIB).unwrap();
+    let err = install::reidentify(&p, Allow { force: true, file: true }).unwrap_err().to_string();
+    assert!(err.contains("changed while the install waited"), "{err}");
 }
 
 #[test]
