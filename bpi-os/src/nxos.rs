@@ -360,8 +360,8 @@ fn status(dir: &Path, json: Json) -> Result<()> {
         dir.display(),
         t.version()?,
         score_to_f64(s.threshold),
-        verdict_name(s.unknown_verdict),
-        verdict_name(s.default_verdict),
+        s.unknown_verdict.name(),
+        s.default_verdict.name(),
         if s.cache { "on" } else { "off" }
     );
     if links.is_empty() {
@@ -378,20 +378,13 @@ fn status(dir: &Path, json: Json) -> Result<()> {
         let verdict = match r {
             Reason::Trusted | Reason::NotIp => "pass",
             Reason::LowTrust => "drop",
-            Reason::Unknown => verdict_name(s.unknown_verdict),
-            Reason::Malformed | Reason::Unparsed => verdict_name(s.default_verdict),
+            Reason::Unknown => s.unknown_verdict.name(),
+            Reason::Malformed | Reason::Unparsed => s.default_verdict.name(),
             Reason::CacheHit | Reason::CacheMiss => "-",
         };
         println!("  {:<11} {:>4} {:>12} packets {:>14} bytes", r.name(), verdict, c.packets, c.bytes);
     }
     Ok(())
-}
-
-fn verdict_name(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Pass => "pass",
-        Verdict::Drop => "drop",
-    }
 }
 
 fn pairs<A, B>(a: Vec<A>, b: Vec<B>, what: &str) -> Result<Vec<(A, B)>> {

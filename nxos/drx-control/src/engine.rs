@@ -322,15 +322,17 @@ impl Engine {
         let written = tables.write_batch(&batch, |t| {
             // What the maps hold: as last written, unless someone else wrote since.
             let version = t.version()?;
+            let read;
             let have = match &self.written {
-                Some((v, state)) if *v == version => state.clone(),
+                Some((v, state)) if *v == version => state,
                 _ => {
                     let snap = t.snapshot()?;
-                    DataPlaneState { settings: snap.settings, scores: snap.nodes, routes: snap.routes.iter().map(|(p, r)| (*p, r.node)).collect() }
+                    read = DataPlaneState { settings: snap.settings, scores: snap.nodes, routes: snap.routes.iter().map(|(p, r)| (*p, r.node)).collect() };
+                    &read
                 }
             };
             let want = self.desired(&have.settings)?;
-            let ops = diff(&have, &want);
+            let ops = diff(have, &want);
             wanted = Some(want);
             Ok(ops)
         })?;

@@ -83,13 +83,6 @@ pub struct DataPlaneOp {
     pub cache: Option<bool>,
 }
 
-fn verdict_name(v: Verdict) -> String {
-    match v {
-        Verdict::Pass => "pass".into(),
-        Verdict::Drop => "drop".into(),
-    }
-}
-
 impl From<&Op> for DataPlaneOp {
     fn from(op: &Op) -> Self {
         let none = DataPlaneOp::default();
@@ -101,8 +94,8 @@ impl From<&Op> for DataPlaneOp {
             Op::Settings(s) => DataPlaneOp {
                 op: "settings".into(),
                 threshold: Some(s.threshold),
-                unknown_verdict: Some(verdict_name(s.unknown_verdict)),
-                default_verdict: Some(verdict_name(s.default_verdict)),
+                unknown_verdict: Some(s.unknown_verdict.name().into()),
+                default_verdict: Some(s.default_verdict.name().into()),
                 cache: Some(s.cache),
                 ..none
             },

@@ -54,6 +54,14 @@ impl Verdict {
         }
     }
 
+    /// As written in drx-data.toml and on the command line (what `FromStr` reads).
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Drop => "drop",
+        }
+    }
+
     fn from_raw(raw: u32) -> Result<Self> {
         match raw {
             XDP_PASS => Ok(Verdict::Pass),
