@@ -6,6 +6,7 @@ mod install;
 mod ledger;
 mod nxos;
 mod output;
+mod provision;
 mod status;
 mod store;
 
@@ -41,6 +42,11 @@ enum Command {
         #[command(subcommand)]
         command: ledger::LedgerCommand,
     },
+    /// First-boot provisioning (cloud-init drive, credentials): show, check, apply.
+    Provision {
+        #[command(subcommand)]
+        command: provision::ProvisionCommand,
+    },
     /// The NXOS DRX network runtime: the XDP data plane, trust, and the control plane (topology, routes, intents).
     Nxos(nxos::NxosArgs),
     /// Write the man pages and shell completions under DIR (a usr/share); the image build runs it.
@@ -65,6 +71,7 @@ fn main() {
         Command::Install(args) => install::run(args),
         Command::Store { command } => store::run(command),
         Command::Nxos(args) => nxos::run(args),
+        Command::Provision { command } => provision::run(command),
         Command::GenerateDocs { out } => docs::generate(Cli::command(), &out).map(|files| {
             for f in files {
                 println!("{}", f.display());

@@ -13,6 +13,51 @@ pub struct Status {
     pub verity: Verity,
     pub data: DataPartition,
     pub store: bpi_installer::store::Status,
+    pub provisioning: Provisioning,
+    pub ssh: Ssh,
+}
+
+/// What first-boot provisioning did on this boot, and what is applied.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Provisioning {
+    /// applied, already-applied, refused, failed, no-source; None before it ran.
+    pub outcome: Option<String>,
+    pub message: Option<String>,
+    pub source: Option<String>,
+    /// The instance-id applied (on this boot or an earlier one).
+    pub instance_id: Option<String>,
+    /// file:line: message, for each reason a refused set was refused.
+    pub errors: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Ssh {
+    pub service_active: bool,
+    pub host_keys: Vec<bpi_provision::hostkeys::HostKey>,
+}
+
+fn provisioning() -> Provisioning {
+    use bpi_provision::run;
+    let report = run::load_report(std::path::Path::new(run::REPORT_FILE));
+    let state = run::load_state(std::path::Path::new(run::STATE_FILE));
+    let outcome = report.as_ref().map(|r| serde_json::to_value(&r.outcome).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default());
+    Provisioning {
+        outcome,
+        message: report.as_ref().map(|r| r.message.clone()),
+        source: state.as_ref().map(|s| s.source.clone()).or_else(|| report.as_ref().and_then(|r| r.source.clone())),
+        instance_id: state.map(|s| s.instance_id),
+        errors: report.as_ref().map(|r| r.errors.iter().map(|e| e.to_string()).collect()).unwrap_or_default(),
+        notes: report.as_ref().map(|r| r.notes.iter().map(|e| e.to_string()).collect()).unwrap_or_default(),
+    }
+}
+
+fn ssh() -> Ssh {
+    let active = bpi_support::Cmd::new("systemctl").args(["is-active", "--quiet", "ssh.service"]).run().is_ok();
+    Ssh {
+        service_active: active,
+        host_keys: bpi_provision::hostkeys::fingerprints(std::path::Path::new(bpi_provision::run::SSH_DIR)).unwrap_or_default(),
+    }
 }
 
 #[derive(Debug, Serialize, PartialEq, Clone)]
@@ -60,6 +105,8 @@ pub fn run(json: Json) -> Result<()> {
         verity: parse_verity(verity_out.as_deref()),
         data: DataPartition { mounted: data_mount.is_some(), mount: data_mount, size_bytes: size, free_bytes: free },
         store: bpi_installer::store::status(std::path::Path::new(bpi_installer::store::DEFAULT_DEVICE)),
+        provisioning: provisioning(),
+        ssh: ssh(),
     };
     if json.on() {
         json.print(&status)?;
@@ -89,6 +136,15 @@ pub fn run(json: Json) -> Result<()> {
             None => println!("data:       not mounted"),
         }
         println!("store:      {}", status.store.note);
+        let p = &status.provisioning;
+        println!("provision:  {}", p.message.as_deref().unwrap_or("has not run on this boot"));
+        for e in &p.errors {
+            println!("            error: {e}");
+        }
+        println!("ssh:        {}", if status.ssh.service_active { "sshd running" } else { "sshd not running" });
+        for k in &status.ssh.host_keys {
+            println!("            host key {} {}", k.kind, k.fingerprint);
+        }
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("bpi-drx-control.service", include_str!("../../units/bpi-drx-control.service")),
     ("bpi-drx-data.service", include_str!("../../units/bpi-drx-data.service")),
     ("bpi-ledger.service", include_str!("../../units/bpi-ledger.service")),
+    ("bpi-provision.service", include_str!("../../units/bpi-provision.service")),
     ("bpi-runtime.mount", include_str!("../../units/bpi-runtime.mount")),
     ("bpi-store-init.service", include_str!("../../units/bpi-store-init.service")),
     ("bpi-store.service", include_str!("../../units/bpi-store.service")),

@@ -16,6 +16,9 @@ const BOUNDS: &[(&str, f64, &str)] = &[
     // (the floor is explained in the units).
     ("bpi-store.service", 7.8, "mounts into the host namespace"),
     ("bpi-store-init.service", 7.8, "mounts into the host namespace"),
+    // Writes /etc (users, host name, connections, host keys), /var and
+    // /bpi/config, mounts the cidata drive from a raw device, sets the host name.
+    ("bpi-provision.service", 4.4, "configures the system itself on first boot"),
 ];
 
 fn exposure(unit: &Path) -> f64 {

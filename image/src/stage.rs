@@ -75,6 +75,14 @@ pub fn compose(inp: &StageInputs, root: &Path, boot_out: &Path) -> Result<BootFi
     std::fs::write(root.join("etc/machine-id"), b"")?;
     let _ = std::fs::remove_file(root.join("var/lib/dbus/machine-id"));
     std::fs::write(root.join("etc/hostname"), b"bpi-os\n")?;
+    // openssh-server's postinst made host keys in the build: random bytes in
+    // the image, and one key shared by every machine. First boot makes them.
+    for e in sorted_entries(&root.join("etc/ssh"))? {
+        if e.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("ssh_host_")) {
+            std::fs::remove_file(&e).with_context(|| format!("removing {}", e.display()))?;
+        }
+    }
+    homes_on_var(root)?;
 
     install_file(inp.binary, &root.join("usr/bin/bpi-os"), 0o755)?;
     ship_docs(inp.binary, inp.source_dir, root)?;
@@ -109,6 +117,25 @@ pub fn compose(inp: &StageInputs, root: &Path, boot_out: &Path) -> Result<BootFi
     }
     clamp_mtimes(root, inp.epoch)?;
     Ok(boot)
+}
+
+/// /home and /root become links into /var, which lives on the data
+/// partition: the root file system is read-only, and provisioned users,
+/// their keys and root's files must persist. Root's skeleton files move along.
+fn homes_on_var(root: &Path) -> Result<()> {
+    for (dir, target, mode) in [("home", "var/home", 0o755), ("root", "var/roothome", 0o700)] {
+        let from = root.join(dir);
+        let to = root.join(target);
+        create_dirs(&to, mode)?;
+        if from.is_dir() && !from.is_symlink() {
+            for e in sorted_entries(&from)? {
+                std::fs::rename(&e, to.join(e.file_name().expect("entry has a name")))?;
+            }
+            std::fs::remove_dir(&from).with_context(|| format!("removing {}", from.display()))?;
+        }
+        std::os::unix::fs::symlink(target, &from)?;
+    }
+    Ok(())
 }
 
 /// The documentation a node carries: README, LICENSE and docs/ under

@@ -78,7 +78,7 @@ pub struct Options {
     pub dry_run: bool,
     /// Apply even when this instance-id was applied before.
     pub again: bool,
-    /// Read only this directory of NoCloud files instead of looking for sources.
+    /// Read only this user-data file or directory instead of looking for sources.
     pub from: Option<PathBuf>,
     pub state_file: PathBuf,
     pub report_file: PathBuf,
@@ -153,7 +153,7 @@ pub fn run(opts: &Options, recorder: &dyn Recorder, say: &mut dyn FnMut(&str)) -
         report.host_keys_made = hostkeys::ensure(&opts.ssh_dir)?;
     }
     let docs = match &opts.from {
-        Some(dir) => Some(Documents::from_user_data_file(dir)?),
+        Some(dir) => Some(Documents::from_path(dir)?),
         None => {
             let (docs, shadowed) = find_sources()?;
             report.shadowed = shadowed;

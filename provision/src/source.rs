@@ -24,6 +24,9 @@ pub struct Documents {
     pub source: String,
     /// How findings name each file (`cidata:user-data`, `credential:bpi.provision.user-data`).
     pub prefix: String,
+    /// One user-data file given by path: findings name the path itself.
+    #[serde(skip)]
+    pub single: bool,
     pub user_data: Option<String>,
     pub meta_data: Option<String>,
     pub network_config: Option<String>,
@@ -57,10 +60,10 @@ impl Documents {
     /// How findings name a file of this set: the prefix and its name, or,
     /// for one user-data file given by path, that path.
     pub fn file_name(&self, name: &str) -> String {
-        if self.prefix.ends_with(':') || self.prefix.ends_with('/') || self.prefix.is_empty() {
-            format!("{}{name}", self.prefix)
-        } else {
+        if self.single {
             self.prefix.clone()
+        } else {
+            format!("{}{name}", self.prefix)
         }
     }
 
@@ -85,17 +88,23 @@ impl Documents {
         Ok(d)
     }
 
-    /// One user-data file given on the command line (check, install --provision).
-    pub fn from_user_data_file(path: &Path) -> Result<Documents> {
+    /// A path given on the command line (check, apply --from, install
+    /// --provision): one user-data file, or a directory of NoCloud files or
+    /// of bpi.provision.* credentials.
+    pub fn from_path(path: &Path) -> Result<Documents> {
         let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
         if meta.is_dir() {
-            return Documents::from_dir(path, "", &format!("directory {}", path.display()), &format!("{}/", path.display()));
+            // A directory of credentials (bpi.provision.*) or of NoCloud files.
+            let creds = NAMES.iter().any(|n| path.join(format!("{CREDENTIAL_PREFIX}{n}")).exists());
+            let prefix = if creds { CREDENTIAL_PREFIX } else { "" };
+            return Documents::from_dir(path, prefix, &format!("directory {}", path.display()), &format!("{}/{prefix}", path.display()));
         }
         let bytes = bpi_support::fsmode::read_small(path, MAX_TOTAL).with_context(|| format!("reading {}", path.display()))?;
         let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", path.display()))?;
         Ok(Documents {
             source: format!("file {}", path.display()),
             prefix: path.display().to_string(),
+            single: true,
             user_data: Some(text),
             ..Documents::default()
         })

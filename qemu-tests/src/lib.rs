@@ -2,6 +2,7 @@
 //! OVMF, keeps the serial log, talks to the guest through qemu-guest-agent,
 //! and scans logs for signs of trouble. Tests live in tests/.
 
+pub mod fixtures;
 pub mod logscan;
 pub mod qga;
 pub mod vm;

@@ -32,6 +32,16 @@ pub struct VmOptions {
     /// this host UDP port on 127.0.0.1 forwarded to the guest's 10.0.2.15 at
     /// the same port. None: no NIC at all.
     pub nic_udp_forward: Option<u16>,
+    /// This host TCP port on 127.0.0.1 forwarded to the guest's sshd (port
+    /// 22); a NIC is made for it as for `nic_udp_forward`.
+    pub ssh_forward: Option<u16>,
+    /// The NIC's MAC address (Proxmox gives each NIC a fixed one).
+    pub mac: Option<String>,
+    /// An ISO attached as an IDE CD-ROM on the q35 AHCI controller, as
+    /// Proxmox attaches its cloud-init drive (ide2).
+    pub cdrom: Option<PathBuf>,
+    /// `-smbios` values (type 11 strings carry systemd credentials).
+    pub smbios: Vec<String>,
 }
 
 /// A raw file attached as a virtio disk and written in place (no overlay).
@@ -53,6 +63,10 @@ impl VmOptions {
             extra_disks: Vec::new(),
             tpm_state: None,
             nic_udp_forward: None,
+            ssh_forward: None,
+            mac: None,
+            cdrom: None,
+            smbios: Vec::new(),
         }
     }
 }
@@ -131,14 +145,25 @@ impl Machine {
                 Some(child)
             }
         };
-        match self.opts.nic_udp_forward {
-            None => {
-                cmd.args(["-nic", "none"]);
+        if self.opts.nic_udp_forward.is_none() && self.opts.ssh_forward.is_none() {
+            cmd.args(["-nic", "none"]);
+        } else {
+            let mut netdev = "user,id=net0,restrict=on".to_string();
+            if let Some(port) = self.opts.nic_udp_forward {
+                netdev.push_str(&format!(",hostfwd=udp:127.0.0.1:{port}-10.0.2.15:{port}"));
             }
-            Some(port) => {
-                cmd.args(["-netdev", &format!("user,id=net0,restrict=on,hostfwd=udp:127.0.0.1:{port}-10.0.2.15:{port}")])
-                    .args(["-device", "virtio-net-pci,netdev=net0"]);
+            if let Some(port) = self.opts.ssh_forward {
+                netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{port}-:22"));
             }
+            let mac = self.opts.mac.as_ref().map(|m| format!(",mac={m}")).unwrap_or_default();
+            cmd.args(["-netdev", &netdev]).args(["-device", &format!("virtio-net-pci,netdev=net0{mac}")]);
+        }
+        if let Some(iso) = &self.opts.cdrom {
+            cmd.args(["-drive", &format!("if=none,id=cd0,media=cdrom,format=raw,readonly=on,file={}", iso.display())])
+                .args(["-device", "ide-cd,drive=cd0,bus=ide.2"]);
+        }
+        for v in &self.opts.smbios {
+            cmd.args(["-smbios", v]);
         }
         for (i, d) in self.opts.extra_disks.iter().enumerate() {
             let ro = if d.read_only { ",readonly=on" } else { "" };
@@ -196,6 +221,25 @@ impl Vm<'_> {
     /// Waits until the guest agent answers and systemd has finished booting;
     /// returns the time from power-on.
     pub fn wait_booted(&mut self) -> Result<Duration> {
+        let (took, state) = self.wait_settled()?;
+        if state != "running" {
+            let mut a = self.agent()?;
+            let failed = a.sh("systemctl --failed --no-legend --plain", Duration::from_secs(30))?;
+            // Each failed unit's own log says why.
+            let mut why = String::new();
+            for unit in failed.stdout.lines().filter_map(|l| l.split_whitespace().next()) {
+                let log = a.sh(&format!("journalctl -b -u {unit} -n 15 --no-pager -o cat"), Duration::from_secs(30))?;
+                why.push_str(&format!("journal of {unit}:\n    {}\n", log.stdout.trim().replace('\n', "\n    ")));
+            }
+            return self.fail(&format!("system state is {state:?}; failed units:\n{}{why}", failed.stdout));
+        }
+        Ok(took)
+    }
+
+    /// Waits until the guest agent answers and systemd has finished starting
+    /// units, whatever their outcome; returns the time from power-on and
+    /// `systemctl is-system-running` (running, degraded, ...).
+    pub fn wait_settled(&mut self) -> Result<(Duration, String)> {
         let sock = self.machine.path("qga.sock");
         loop {
             if self.started.elapsed() > BOOT_TIMEOUT {
@@ -213,18 +257,7 @@ impl Vm<'_> {
             if sock.exists() {
                 if let Ok(mut a) = Agent::connect(&sock, Duration::from_secs(5)) {
                     let r = a.sh("systemctl is-system-running --wait", Duration::from_secs(300))?;
-                    let state = r.stdout.trim().to_string();
-                    if state != "running" {
-                        let failed = a.sh("systemctl --failed --no-legend --plain", Duration::from_secs(30))?;
-                        // Each failed unit's own log says why.
-                        let mut why = String::new();
-                        for unit in failed.stdout.lines().filter_map(|l| l.split_whitespace().next()) {
-                            let log = a.sh(&format!("journalctl -b -u {unit} -n 15 --no-pager -o cat"), Duration::from_secs(30))?;
-                            why.push_str(&format!("journal of {unit}:\n    {}\n", log.stdout.trim().replace('\n', "\n    ")));
-                        }
-                        return self.fail(&format!("system state is {state:?}; failed units:\n{}{why}", failed.stdout));
-                    }
-                    return Ok(self.started.elapsed());
+                    return Ok((self.started.elapsed(), r.stdout.trim().to_string()));
                 }
             }
             std::thread::sleep(Duration::from_secs(2));
@@ -339,6 +372,11 @@ fn start_swtpm(state: &Path, ctrl: &Path) -> Result<(Child, PathBuf)> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok((child, ctrl.to_path_buf()))
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on now.
+pub fn free_tcp_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// A sparse copy of an image, for tampering without touching the original.

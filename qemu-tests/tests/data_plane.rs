@@ -8,47 +8,13 @@
 use std::{net::UdpSocket, time::Duration};
 
 use anyhow::{bail, ensure, Context, Result};
+use bpi_qemu_tests::fixtures::{self, TOPOLOGY};
 use bpi_qemu_tests::image_dir;
 use bpi_qemu_tests::vm::{Machine, Vm, VmOptions};
 use serde_json::Value;
 
 const DATAGRAMS: u64 = 40;
 
-const TOPOLOGY: &str = r#"[control]
-local = "guest"
-
-[[node]]
-id = "guest"
-prefixes = ["10.0.2.15/32"]
-jurisdiction = "US"
-attestation = "tpm"
-uptime = 1.0
-performance = 1.0
-reputation = 1.0
-known_vulnerabilities = 0
-patch_level = 100
-security_incidents = 0
-compliance = 100
-
-[[node]]
-id = "peer"
-prefixes = ["10.0.2.2/32"]
-jurisdiction = "US"
-attestation = "software"
-uptime = 0.99
-performance = 0.9
-reputation = 0.9
-known_vulnerabilities = 2
-patch_level = 95
-security_incidents = 0
-compliance = 90
-
-[[link]]
-a = "guest"
-b = "peer"
-latency_ms = 1.0
-bandwidth_mbps = 1000
-"#;
 
 fn status(vm: &Vm) -> Result<Value> {
     Ok(serde_json::from_str(&vm.sh("bpi-os nxos ebpf status --json")?)?)
@@ -81,10 +47,17 @@ fn data_plane_unit_filters_the_virtio_nic_and_counts_host_traffic() -> Result<()
     let port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut opts = VmOptions::new(image_dir().join("bpi-os.raw"));
     opts.nic_udp_forward = Some(port);
+    let ssh_port = bpi_qemu_tests::vm::free_tcp_port()?;
+    opts.ssh_forward = Some(ssh_port);
     let machine = Machine::new(opts)?;
     let mut vm = machine.start(1)?;
+    // No provisioning at all: sshd answers (with a host key made on this
+    // boot), and nobody is authorized.
+    let to_ssh = fixtures::wait_ssh_answers(&vm, ssh_port)?;
+    eprintln!("FIGURE boot to \"ssh answers\" without provisioning ({}): {:.1}s", machine.opts.accel, to_ssh.as_secs_f64());
     vm.wait_booted()?;
     vm.check_logs()?;
+    fixtures::unprovisioned_node_checks(&vm, ssh_port)?;
 
     // Shipped default: the unit is up and attached to nothing.
     let state = vm.sh("systemctl show -p ActiveState bpi-drx-data.service")?;
@@ -98,7 +71,8 @@ fn data_plane_unit_filters_the_virtio_nic_and_counts_host_traffic() -> Result<()
         .and_then(|l| l["ifname"].as_str())
         .context("the guest has no Ethernet interface")?
         .to_string();
-    vm.sh(&format!("ip addr add 10.0.2.15/24 dev {nic} && ip link set {nic} up"))?;
+    // NetworkManager's DHCP gave the NIC QEMU's address.
+    fixtures::wait_address(&vm, &nic, "10.0.2.15")?;
     vm.sh(&format!(
         "printf 'interfaces = [\"{nic}\"]\\nmode = \"native\"\\n' > /bpi/config/system/drx-data.toml && systemctl restart bpi-drx-data.service"
     ))?;

@@ -50,6 +50,12 @@ pub const TEST: &[(&str, &str)] = &[
     ("python3", "python3"),
     // Software TPM2 for the encrypted store's QEMU tests.
     ("swtpm", "swtpm"),
+    // Provisioning's QEMU tests: a cloud-init ISO made as Proxmox makes it,
+    // and SSH into the guest (keys, host key scan, login).
+    ("genisoimage", "genisoimage"),
+    ("ssh", "openssh-client"),
+    ("ssh-keyscan", "openssh-client"),
+    ("ssh-keygen", "openssh-client"),
     // The data plane's veth tests and benchmarks: traffic, VLAN offload off,
     // and the reference filters (xdp-filter, nftables) and generator (trafgen).
     ("ip", "iproute2"),

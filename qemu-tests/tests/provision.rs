@@ -1,0 +1,290 @@
+//! End-to-end: first-boot provisioning of the real image. A cloud-init
+//! drive made exactly as Proxmox's qemu-server makes it, the same settings
+//! as SMBIOS type 11 credentials on a second machine, a reboot that applies
+//! nothing twice, a new instance-id that applies again, and bad provisioning
+//! that fails closed. (No provisioning at all is checked on the data-plane
+//! test's boot: DHCP, sshd without keys, the console hint.)
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use base64::Engine;
+use bpi_qemu_tests::fixtures::{self, TOPOLOGY};
+use bpi_qemu_tests::image_dir;
+use bpi_qemu_tests::vm::{free_tcp_port, Machine, Vm, VmOptions};
+use bpi_support::Cmd;
+use serde_json::Value;
+
+/// `openssl passwd -6 -salt saltsalt secret`, as Proxmox stores cipassword.
+const HASH: &str = "$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1";
+/// A Proxmox-style MAC (its OUI) for the VM's net0.
+const MAC: &str = "bc:24:11:5e:00:01";
+
+struct Settings<'a> {
+    hostname: &'a str,
+    user: &'a str,
+    key: &'a str,
+}
+
+/// user-data as qemu-server's cloudinit_userdata writes it for
+/// `--name H --searchdomain example.net --ciuser U --cipassword ... --sshkeys F`,
+/// with the topology in write_files as a `--cicustom user=` snippet adds it.
+fn user_data(s: &Settings) -> String {
+    let mut t = format!(
+        "#cloud-config\nhostname: {h}\nmanage_etc_hosts: true\nfqdn: {h}.example.net\nuser: {u}\npassword: {HASH}\nssh_authorized_keys:\n  - {k}\nchpasswd:\n  expire: False\nusers:\n  - default\npackage_upgrade: true\n",
+        h = s.hostname,
+        u = s.user,
+        k = s.key
+    );
+    t.push_str("write_files:\n  - path: /bpi/config/system/topology.toml\n    permissions: '0644'\n    content: |\n");
+    for l in TOPOLOGY.lines() {
+        t.push_str(&format!("      {l}\n"));
+    }
+    t
+}
+
+/// network-config as qemu-server's nocloud_network writes it for
+/// `--ipconfig0 ip=10.0.2.15/24,gw=10.0.2.2 --nameserver 10.0.2.3 --searchdomain example.net`.
+fn network_config() -> String {
+    format!("version: 1\nconfig:\n    - type: physical\n      name: eth0\n      mac_address: '{MAC}'\n      subnets:\n      - type: static\n        address: '10.0.2.15'\n        netmask: '255.255.255.0'\n        gateway: '10.0.2.2'\n    - type: nameserver\n      address:\n      - '10.0.2.3'\n      search:\n      - 'example.net'\n")
+}
+
+/// An ISO made the way commit_cloudinit_disk makes it.
+fn cidata_iso(dir: &Path, name: &str, files: &[(&str, String)]) -> Result<PathBuf> {
+    let src = dir.join(format!("{name}.d"));
+    let _ = std::fs::remove_dir_all(&src);
+    std::fs::create_dir_all(&src)?;
+    for (f, text) in files {
+        std::fs::write(src.join(f), text)?;
+    }
+    let iso = dir.join(format!("{name}.iso"));
+    let _ = std::fs::remove_file(&iso);
+    Cmd::new("genisoimage").args(["-quiet", "-iso-level", "3", "-R", "-V", "cidata", "-o"]).arg(&iso).arg(&src).run()?;
+    Ok(iso)
+}
+
+fn drive(ud: String, instance: &str) -> Vec<(&'static str, String)> {
+    vec![("user-data", ud), ("network-config", network_config()), ("meta-data", format!("instance-id: {instance}\n")), ("vendor-data", String::new())]
+}
+
+fn json(vm: &Vm, cmd: &str) -> Result<Value> {
+    let out = vm.sh(cmd)?;
+    serde_json::from_str(&out).with_context(|| format!("`{cmd}` did not print JSON: {out}"))
+}
+
+fn provision_blocks(vm: &Vm) -> Result<Vec<Value>> {
+    let all = json(vm, "bpi-os ledger show --json")?;
+    Ok(all.as_array().into_iter().flatten().filter(|b| b["draft"]["action"].as_str().is_some_and(|a| a.starts_with("provision-"))).cloned().collect())
+}
+
+/// Seconds bpi-provision.service ran on this boot (its ExecStart).
+fn provision_seconds(vm: &Vm) -> Result<f64> {
+    let out = vm.sh("systemctl show bpi-provision.service -p ExecMainStartTimestampMonotonic -p ExecMainExitTimestampMonotonic")?;
+    let get = |k: &str| out.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix('=')?.parse::<f64>().ok()).unwrap_or(0.0);
+    Ok((get("ExecMainExitTimestampMonotonic") - get("ExecMainStartTimestampMonotonic")) / 1e6)
+}
+
+/// Polls until a login with `key` works; the time from power-on.
+fn wait_login(vm: &Vm, port: u16, key: &Path, user: &str) -> Result<Duration> {
+    fixtures::wait_ssh_answers(vm, port)?;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(300) {
+        if fixtures::ssh(port, key, user, "true").is_ok() {
+            return Ok(vm.started.elapsed());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    vm.fail(&format!("sshd answers but {user} cannot log in with the provisioned key"))
+}
+
+/// Everything a node provisioned with `s` must show.
+fn check_provisioned(vm: &Vm, port: u16, key: &Path, s: &Settings, source: &str) -> Result<Value> {
+    // Over SSH, as the provisioned user: the status of the node.
+    let status: Value = serde_json::from_str(&fixtures::ssh(port, key, s.user, "bpi-os status --json")?)?;
+    let p = &status["provisioning"];
+    ensure!(p["outcome"] == "applied", "provisioning: {p}");
+    ensure!(p["source"].as_str().is_some_and(|x| x.contains(source)), "source {source} expected: {p}");
+    ensure!(p["notes"].as_array().is_some_and(|n| n.iter().any(|n| n.as_str().is_some_and(|n| n.contains("package_upgrade")))), "package_upgrade was not reported: {p}");
+    let mut fps: Vec<String> = status["ssh"]["host_keys"].as_array().into_iter().flatten().filter_map(|k| k["fingerprint"].as_str().map(String::from)).collect();
+    fps.sort();
+    ensure!(fps == fixtures::scanned_fingerprints(port)?, "status host keys differ from what sshd serves");
+
+    ensure!(vm.sh("hostname")?.trim() == s.hostname, "hostname");
+    ensure!(vm.sh("cat /etc/hostname")?.trim() == s.hostname);
+    ensure!(vm.sh("cat /etc/hosts")?.contains(&format!("127.0.1.1 {h}.example.net {h}", h = s.hostname)), "/etc/hosts");
+    // The static address, route and DNS from network-config, on the NIC with that MAC.
+    let nic = fixtures::ethernet(vm)?;
+    let a = fixtures::wait_address(vm, &nic, "10.0.2.15")?;
+    ensure!(a[0]["address"] == MAC, "{nic} is not the provisioned NIC: {a}");
+    let static_addr = a[0]["addr_info"].as_array().into_iter().flatten().any(|i| i["local"] == "10.0.2.15" && i["prefixlen"] == 24 && i["dynamic"] != true);
+    ensure!(static_addr, "10.0.2.15/24 is not a static address: {a}");
+    ensure!(vm.sh("ip route show default")?.contains("via 10.0.2.2"), "no default route via 10.0.2.2");
+    let resolv = vm.sh("cat /etc/resolv.conf")?;
+    ensure!(resolv.contains("nameserver 10.0.2.3") && resolv.contains("example.net"), "resolv.conf: {resolv}");
+    ensure!(vm.sh("nmcli -t -f NAME connection show --active")?.lines().any(|l| l == "bpi-eth0"), "connection bpi-eth0 is not active");
+    // The user: hashed password, groups, keys-only SSH, sudo.
+    let shadow = vm.sh(&format!("getent shadow {}", s.user))?;
+    ensure!(shadow.split(':').nth(1) == Some(HASH), "password hash: {shadow}");
+    let groups = vm.sh(&format!("id -nG {}", s.user))?;
+    ensure!(groups.split_whitespace().any(|g| g == "bpi-admin") && groups.split_whitespace().any(|g| g == "sudo"), "groups: {groups}");
+    ensure!(fixtures::ssh(port, key, s.user, "sudo -n id -u")?.trim() == "0", "sudo does not work for {}", s.user);
+    // The topology from write_files, and the control plane running on it.
+    ensure!(vm.sh("cat /bpi/config/system/topology.toml")? == TOPOLOGY, "topology.toml differs from write_files");
+    ensure!(vm.sh("systemctl is-active bpi-drx-control.service")?.trim() == "active", "bpi-drx-control.service is not running");
+    let topo = json(vm, "bpi-os nxos topology --json")?;
+    ensure!(topo.to_string().contains("\"peer\""), "the control plane did not load the provisioned topology: {topo}");
+    // The ledger holds what was applied.
+    let blocks = provision_blocks(vm)?;
+    let actions: Vec<&str> = blocks.iter().filter_map(|b| b["draft"]["action"].as_str()).collect();
+    for want in ["provision-hostname", "provision-user", "provision-password", "provision-ssh-keys", "provision-connection", "provision-file", "provision-applied"] {
+        ensure!(actions.contains(&want), "no {want} block in the ledger: {actions:?}");
+    }
+    ensure!(!blocks.iter().any(|b| b.to_string().contains("$6$")), "a password hash is in the ledger");
+    Ok(status)
+}
+
+#[test]
+fn proxmox_cloud_init_drive_and_smbios_credentials_provision_the_node() -> Result<()> {
+    let t = tempfile::tempdir()?;
+    let key = fixtures::new_key(t.path(), "operator")?;
+    let key_pub = std::fs::read_to_string(key.with_extension("pub"))?.trim().to_string();
+    let s1 = Settings { hostname: "node1", user: "op", key: &key_pub };
+    let iso = cidata_iso(t.path(), "cloudinit", &drive(user_data(&s1), "5c1d0e6b9a"))?;
+
+    let port = free_tcp_port()?;
+    let mut opts = VmOptions::new(image_dir().join("bpi-os.raw"));
+    opts.ssh_forward = Some(port);
+    opts.mac = Some(MAC.into());
+    opts.cdrom = Some(iso.clone());
+    let machine = Machine::new(opts)?;
+
+    // First boot: everything applied before sshd and the DRX units start.
+    let mut vm = machine.start(1)?;
+    let login = wait_login(&vm, port, &key, "op")?;
+    eprintln!("FIGURE boot to \"ssh login works\" with a Proxmox cloud-init drive ({}): {:.1}s", machine.opts.accel, login.as_secs_f64());
+    vm.wait_booted()?;
+    vm.check_logs()?;
+    let st = check_provisioned(&vm, port, &key, &s1, "cidata drive")?;
+    eprintln!("FIGURE bpi-provision.service with the cidata drive (first boot): {:.2}s", provision_seconds(&vm)?);
+    let console = vm.serial();
+    for k in st["ssh"]["host_keys"].as_array().into_iter().flatten() {
+        ensure!(console.contains(k["fingerprint"].as_str().unwrap_or("-")), "host key {k} is not on the console");
+    }
+    let machine_id = vm.sh("cat /etc/machine-id")?.trim().to_string();
+    let keys1 = fixtures::scanned_fingerprints(port)?;
+    let blocks1 = provision_blocks(&vm)?.len();
+    vm.poweroff()?;
+
+    // Reboot with the same drive: nothing is applied twice; keys and machine-id stay.
+    let mut vm = machine.start(2)?;
+    vm.wait_booted()?;
+    vm.check_logs()?;
+    let st = json(&vm, "bpi-os status --json")?;
+    ensure!(st["provisioning"]["outcome"] == "already-applied", "second boot: {}", st["provisioning"]);
+    ensure!(provision_blocks(&vm)?.len() == blocks1, "the second boot added provisioning blocks to the ledger");
+    ensure!(fixtures::scanned_fingerprints(port)? == keys1, "host keys changed across a reboot");
+    ensure!(vm.sh("cat /etc/machine-id")?.trim() == machine_id, "machine-id changed across a reboot");
+    eprintln!("FIGURE bpi-provision.service with the cidata drive, instance already applied: {:.2}s", provision_seconds(&vm)?);
+    fixtures::ssh(port, &key, "op", "true")?;
+    vm.poweroff()?;
+
+    // A new instance-id (what Proxmox gives after `qm set`): applied again.
+    let s3 = Settings { hostname: "node1b", user: "op", key: &key_pub };
+    cidata_iso(t.path(), "cloudinit", &drive(user_data(&s3), "9e8f7a6b5c"))?;
+    let mut vm = machine.start(3)?;
+    vm.wait_booted()?;
+    vm.check_logs()?;
+    let st = json(&vm, "bpi-os status --json")?;
+    ensure!(st["provisioning"]["outcome"] == "applied" && st["provisioning"]["instance_id"] == "9e8f7a6b5c", "new instance: {}", st["provisioning"]);
+    ensure!(vm.sh("hostname")?.trim() == "node1b", "the new instance's hostname was not applied");
+    ensure!(provision_blocks(&vm)?.len() > blocks1, "the new instance left no ledger blocks");
+    ensure!(fixtures::scanned_fingerprints(port)? == keys1, "host keys changed with the new instance");
+    vm.poweroff()?;
+
+    // A second machine from the same image, the same settings as SMBIOS
+    // type 11 credentials, no drive.
+    let s2 = Settings { hostname: "node2", user: "op", key: &key_pub };
+    let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
+    let port2 = free_tcp_port()?;
+    let mut opts = VmOptions::new(image_dir().join("bpi-os.raw"));
+    opts.ssh_forward = Some(port2);
+    opts.mac = Some(MAC.into());
+    opts.smbios = vec![
+        format!("type=11,value=io.systemd.credential.binary:bpi.provision.user-data={}", b64(&user_data(&s2))),
+        format!("type=11,value=io.systemd.credential.binary:bpi.provision.network-config={}", b64(&network_config())),
+        "type=11,value=io.systemd.credential:bpi.provision.meta-data=instance-id: smbios-1".into(),
+    ];
+    let machine2 = Machine::new(opts)?;
+    let mut vm = machine2.start(1)?;
+    let login = wait_login(&vm, port2, &key, "op")?;
+    eprintln!("FIGURE boot to \"ssh login works\" with SMBIOS credentials: {:.1}s", login.as_secs_f64());
+    vm.wait_booted()?;
+    vm.check_logs()?;
+    check_provisioned(&vm, port2, &key, &s2, "credentials")?;
+    eprintln!("FIGURE bpi-provision.service with SMBIOS credentials: {:.2}s", provision_seconds(&vm)?);
+    // Two machines, one image: their own host keys and machine-ids.
+    let keys2 = fixtures::scanned_fingerprints(port2)?;
+    ensure!(keys2.iter().all(|k| !keys1.contains(k)), "two machines share a host key: {keys1:?} {keys2:?}");
+    let machine_id2 = vm.sh("cat /etc/machine-id")?.trim().to_string();
+    ensure!(machine_id2.len() == 32 && machine_id2 != machine_id, "machine-ids: {machine_id} {machine_id2}");
+    vm.poweroff()
+}
+
+/// One bad drive per boot on the same machine: each fails closed.
+#[test]
+fn bad_provisioning_fails_closed_and_says_where() -> Result<()> {
+    let t = tempfile::tempdir()?;
+    let key = fixtures::new_key(t.path(), "operator")?;
+    let key_pub = std::fs::read_to_string(key.with_extension("pub"))?.trim().to_string();
+    let good = user_data(&Settings { hostname: "bad1", user: "op", key: &key_pub });
+    let line_of = |text: &str, needle: &str| text.lines().position(|l| l.contains(needle)).map(|i| i + 1).unwrap_or(0);
+
+    let malformed = good.replace("fqdn: bad1.example.net", "fqdn: [bad1.example.net");
+    let bad_key = good.replace(&key_pub, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIbroken op@host");
+    let bad_topology = good.replace("latency_ms = 1.0", "latency_ms = 1.0\n      colour = \"red\"");
+    let cases = [
+        ("malformed YAML", malformed.clone(), "malformed YAML".to_string(), 0),
+        ("an invalid SSH key", bad_key.clone(), "is not an OpenSSH public key".to_string(), line_of(&bad_key, "AAAAIbroken")),
+        ("a topology with an unknown key", bad_topology.clone(), "unknown field `colour`".to_string(), line_of(&bad_topology, "colour")),
+    ];
+    let iso = cidata_iso(t.path(), "cloudinit", &drive(cases[0].1.clone(), "bad-0"))?;
+    let port = free_tcp_port()?;
+    let mut opts = VmOptions::new(image_dir().join("bpi-os.raw"));
+    opts.ssh_forward = Some(port);
+    opts.mac = Some(MAC.into());
+    opts.cdrom = Some(iso);
+    let machine = Machine::new(opts)?;
+    for (i, (what, ud, message, line)) in cases.iter().enumerate() {
+        cidata_iso(t.path(), "cloudinit", &drive(ud.clone(), &format!("bad-{i}")))?;
+        let mut vm = machine.start(i as u32 + 1)?;
+        let (_, state) = vm.wait_settled()?;
+        ensure!(state == "degraded", "{what}: system state {state}, expected degraded by the refused provisioning");
+        let failed = vm.sh("systemctl --failed --no-legend --plain")?;
+        let failed: Vec<&str> = failed.lines().filter_map(|l| l.split_whitespace().next()).collect();
+        ensure!(failed == ["bpi-provision.service"], "{what}: failed units {failed:?}");
+        for unit in ["ssh.service", "bpi-drx-data.service", "bpi-drx-control.service"] {
+            let active = vm.sh_any(&format!("systemctl is-active {unit}"))?.stdout;
+            ensure!(active.trim() != "active", "{what}: {unit} started although provisioning was refused");
+        }
+        // Nothing of it applied.
+        ensure!(vm.sh_any("id op")?.code != 0, "{what}: the user was made");
+        ensure!(vm.sh("hostname")?.trim() != "bad1", "{what}: the hostname was applied");
+        ensure!(vm.sh_any("test -e /bpi/config/system/topology.toml")?.code != 0, "{what}: the topology was written");
+        // Status (as `qm guest exec VMID -- bpi-os status --json` reads it) and the console say what and where.
+        let st = json(&vm, "bpi-os status --json")?;
+        let p = &st["provisioning"];
+        ensure!(p["outcome"] == "refused", "{what}: {p}");
+        let first = p["errors"][0].as_str().unwrap_or("");
+        ensure!(first.starts_with("cidata:user-data:") && first.contains(message.as_str()), "{what}: first error {first:?}");
+        if *line > 0 {
+            ensure!(first.starts_with(&format!("cidata:user-data:{line}:")), "{what}: expected line {line}: {first}");
+        }
+        ensure!(vm.serial().contains(first), "{what}: the console does not show {first:?}");
+        let refused = provision_blocks(&vm)?.into_iter().filter(|b| b["draft"]["action"] == "provision-refused").count();
+        ensure!(refused == i + 1, "{what}: {refused} provision-refused blocks in the ledger, expected {}", i + 1);
+        eprintln!("{what}: refused with {first}");
+        vm.poweroff()?;
+    }
+    Ok(())
+}
