@@ -44,6 +44,9 @@ pub struct InstallArgs {
     /// How the encrypted store is keyed.
     #[command(flatten)]
     keys: crate::store::KeyFlags,
+    /// Provisioning for the installed node's first boot: a #cloud-config user-data file, or a directory of NoCloud files or bpi.provision.* credentials (checked now; docs/provisioning.md).
+    #[arg(long, value_name = "PATH")]
+    provision: Option<PathBuf>,
     /// Make no encrypted store now (`bpi-os store init` on the installed system makes it later).
     #[arg(long, conflicts_with_all = ["recovery_key_file", "passphrase"])]
     no_store: bool,
@@ -66,7 +69,8 @@ fn install_disk(dev: &Path, a: &InstallArgs) -> Result<()> {
         recovery_key_file: a.keys.recovery_key_file.clone(),
         passphrase: a.keys.passphrase,
     });
-    let req = DiskRequest { disk: dev, image, allow: Allow { force: a.force, file: a.allow_file }, state_dir: &a.state_dir, store };
+    let provision = a.provision.as_deref().map(provision_payload).transpose()?;
+    let req = DiskRequest { disk: dev, image, allow: Allow { force: a.force, file: a.allow_file }, state_dir: &a.state_dir, store, provision };
     let checked = install::check(&req)?;
     // Asked before anything is checksummed or written.
     let pass = if a.keys.passphrase && !a.dry_run { Some(crate::store::read_passphrase(true)?) } else { None };
@@ -126,4 +130,24 @@ fn install_root(root: &Path, dry_run: bool) -> Result<()> {
     install::apply_root(&p)?;
     println!("laid out {} ({} directories, {} unit files changed)", root.display(), p.dirs.len(), p.files.len());
     Ok(())
+}
+
+/// Checks `--provision` before anything is written, and encodes it for the
+/// provisioning partition. A set first boot would refuse is refused now.
+fn provision_payload(path: &Path) -> Result<Vec<u8>> {
+    let docs = bpi_provision::source::Documents::from_path(path)?;
+    let c = bpi_provision::check::check(&docs);
+    for n in &c.notes {
+        eprintln!("bpi-os: note: {n}");
+    }
+    if !c.ok() {
+        let errors: Vec<String> = c.errors.iter().map(|e| e.to_string()).collect();
+        return Err(bpi_support::exit::Failure::CheckFailed(format!(
+            "--provision {}: nothing was written; first boot would refuse it:\n  {}",
+            path.display(),
+            errors.join("\n  ")
+        ))
+        .into());
+    }
+    bpi_provision::source::encode_partition(&docs)
 }

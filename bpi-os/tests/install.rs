@@ -113,10 +113,12 @@ fn check_installed(raw: &Path, disk: &Path) {
     let d = std::fs::read(disk).unwrap();
     let (g1, p1) = gpt::parse_primary(&img).unwrap();
     let (g2, p2) = gpt::parse_primary(&d).unwrap();
-    // The image's partitions, then the encrypted store's, which the installer adds.
+    // The image's partitions, then the encrypted store's and the
+    // provisioning partition, which the installer adds.
     assert_eq!((&g1, &p1[..]), (&g2, &p2[..p1.len()]));
-    assert_eq!(p2.len(), p1.len() + 1);
+    assert_eq!(p2.len(), p1.len() + 2);
     assert_eq!((p2[p1.len()].name.as_str(), p2[p1.len()].type_guid.as_str()), ("bpi-store", bpi_installer::store::PART_TYPE));
+    assert_eq!((p2[p1.len() + 1].name.as_str(), p2[p1.len() + 1].type_guid.as_str()), ("bpi-provision", bpi_installer::disk::PROVISION_TYPE));
     for p in &p1 {
         let r = p.offset() as usize..(p.offset() + p.size()) as usize;
         assert!(img[r.clone()] == d[r], "partition {} differs", p.name);
@@ -154,6 +156,48 @@ fn installs_onto_a_file_and_reruns_need_force() {
     let o = install(&raw, &disk, &state, &["--allow-file", "--force"]);
     assert!(o.status.success(), "{}", text(&o));
     check_installed(&raw, &disk);
+}
+
+/// The provisioning partition's bytes on an installed disk.
+fn provision_partition(disk: &Path) -> Vec<u8> {
+    let d = std::fs::read(disk).unwrap();
+    let (_, parts) = gpt::parse_primary(&d).unwrap();
+    let p = parts.iter().find(|p| p.name == "bpi-provision").expect("no bpi-provision partition");
+    d[p.offset() as usize..(p.offset() + p.size()) as usize].to_vec()
+}
+
+#[test]
+fn install_provision_puts_the_checked_documents_on_the_disk_for_first_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = image(&dir.path().join("img"), 6);
+    let disk = dir.path().join("disk");
+    sparse(&disk, 600 * MIB);
+    let state = dir.path().join("state");
+    let ud = dir.path().join("user-data");
+    std::fs::write(&ud, "#cloud-config\nhostname: metal1\nssh_authorized_keys:\n  - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPOpkNjf0LDiA486DX/kEXgZW0qEikRVMwyfsQjBWQ8a op@host\n").unwrap();
+
+    // A set first boot would refuse is refused before anything is written.
+    let bad = dir.path().join("bad-user-data");
+    std::fs::write(&bad, "#cloud-config\nhostname: -metal\n").unwrap();
+    let o = install(&raw, &disk, &state, &["--allow-file", "--provision", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains(&format!("{}:2:", bad.display())) && text(&o).contains("nothing was written"), "{}", text(&o));
+    assert!(std::fs::read(&disk).unwrap().iter().all(|&b| b == 0), "a refused --provision wrote");
+
+    let dry = install(&raw, &disk, &state, &["--allow-file", "--dry-run", "--provision", ud.to_str().unwrap()]);
+    assert!(text(&dry).contains("write the provisioning given with --provision"), "{}", text(&dry));
+    let o = install(&raw, &disk, &state, &["--allow-file", "--provision", ud.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    check_installed(&raw, &disk);
+    let docs = bpi_provision::source::decode_partition(&provision_partition(&disk), "test").unwrap().expect("no payload");
+    assert_eq!(docs.user_data.as_deref(), Some(std::fs::read_to_string(&ud).unwrap().as_str()));
+    let c = bpi_provision::check::check(&docs);
+    assert!(c.ok() && c.settings.hostname.as_deref() == Some("metal1"), "{:?}", c.errors);
+
+    // A reinstall without --provision leaves no earlier provisioning behind.
+    let o = install(&raw, &disk, &state, &["--allow-file", "--force"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(provision_partition(&disk).iter().all(|&b| b == 0), "an earlier install's provisioning stayed");
 }
 
 #[test]
@@ -253,7 +297,7 @@ fn what_is_installed_is_what_was_checked() {
     let steps = bpi_support::Steps::new("test");
     let prepare = |disk: &Path| {
         sparse(disk, 600 * MIB);
-        let req = DiskRequest { disk, image: &raw, allow: Allow { force: true, file: true }, state_dir: &state, store: None };
+        let req = DiskRequest { disk, image: &raw, allow: Allow { force: true, file: true }, state_dir: &state, store: None, provision: None };
         let c = install::check(&req).unwrap();
         install::prepare(&req, c, &steps).unwrap()
     };

@@ -6,6 +6,9 @@
 //! boot by systemd-tmpfiles from a file rendered here ([`tmpfiles_conf`]), so
 //! there is one definition of the tree for the image, the installer and boot.
 
+/// The partition `bpi-os install --provision` writes and first boot reads.
+pub const PROVISION_PARTITION: &str = "bpi-provision";
+
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -32,6 +32,8 @@ pub struct DiskRequest<'a> {
     pub allow: Allow,
     pub state_dir: &'a Path,
     pub store: Option<StoreRequest>,
+    /// The provisioning partition's payload (`--provision FILE`, checked and encoded by the caller).
+    pub provision: Option<Vec<u8>>,
 }
 
 /// The disk as inspected, and the store choice checked against this machine.
@@ -97,7 +99,7 @@ pub fn prepare(req: &DiskRequest, checked: Checked, steps: &Steps) -> Result<Pre
     };
     // Everything but an existing partition table first: the plan needs a disk that fits.
     refuse(target::refusals(&t, src.size, Allow { force: true, ..req.allow }))?;
-    let plan = disk::plan(&src, &t, store)?;
+    let plan = disk::plan(&src, &t, store, req.provision.clone())?;
     let state_file = disk::state_path(req.state_dir, &t.path);
     // A table this very install wrote (and recorded) is no reason to stop.
     let resuming = disk::load_state(&state_file, &plan).is_some();

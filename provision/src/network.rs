@@ -389,15 +389,7 @@ pub fn keyfile(iface: &Interface, net: &Network, uuid: &str) -> String {
     match &iface.ipv4 {
         V4::Disabled => s.push_str("method=disabled\n"),
         V4::Dhcp => s.push_str("method=auto\n"),
-        V4::Static { addresses, gateway } => {
-            s.push_str("method=manual\n");
-            for (i, a) in addresses.iter().enumerate() {
-                s.push_str(&format!("address{}={a}\n", i + 1));
-            }
-            if let Some(g) = gateway {
-                s.push_str(&format!("gateway={g}\n"));
-            }
-        }
+        V4::Static { addresses, gateway } => s.push_str(&manual(addresses, gateway.map(IpAddr::V4))),
     }
     if !matches!(iface.ipv4, V4::Disabled) {
         s.push_str(&family_dns(true));
@@ -409,15 +401,7 @@ pub fn keyfile(iface: &Interface, net: &Network, uuid: &str) -> String {
         V6::Disabled => s.push_str("method=disabled\n"),
         V6::Auto => s.push_str("method=auto\n"),
         V6::Dhcp => s.push_str("method=dhcp\n"),
-        V6::Static { addresses, gateway } => {
-            s.push_str("method=manual\n");
-            for (i, a) in addresses.iter().enumerate() {
-                s.push_str(&format!("address{}={a}\n", i + 1));
-            }
-            if let Some(g) = gateway {
-                s.push_str(&format!("gateway={g}\n"));
-            }
-        }
+        V6::Static { addresses, gateway } => s.push_str(&manual(addresses, gateway.map(IpAddr::V6))),
     }
     if !matches!(iface.ipv6, V6::Disabled) {
         s.push_str(&family_dns(false));
@@ -425,6 +409,18 @@ pub fn keyfile(iface: &Interface, net: &Network, uuid: &str) -> String {
             s.push_str(&search_line);
         }
         s.push_str(&routes(false));
+    }
+    s
+}
+
+/// A keyfile section's static addresses and gateway.
+fn manual(addresses: &[Cidr], gateway: Option<IpAddr>) -> String {
+    let mut s = "method=manual\n".to_string();
+    for (i, a) in addresses.iter().enumerate() {
+        s.push_str(&format!("address{}={a}\n", i + 1));
+    }
+    if let Some(g) = gateway {
+        s.push_str(&format!("gateway={g}\n"));
     }
     s
 }

@@ -19,11 +19,11 @@ use crate::source::{self, Documents};
 
 /// Where the applied instance is remembered (the data partition).
 pub const STATE_FILE: &str = "/var/lib/bpi-os/provision/state.json";
-/// This boot's outcome, for `bpi-os status` and `provision show`.
-pub const REPORT_FILE: &str = "/run/bpi-os/provision.json";
+/// This boot's outcome, for `bpi-os status` and `provision show` (readable
+/// by every user: /run/bpi-os is root's only, it holds the store's key).
+pub const REPORT_FILE: &str = "/run/bpi-provision.json";
 pub const SSH_DIR: &str = "/etc/ssh";
 const MOUNT_POINT: &str = "/run/bpi-os/cidata";
-const PARTITION: &str = "/dev/disk/by-partlabel/bpi-provision";
 pub const DOCS_HINT: &str = "/usr/share/doc/bpi-os/docs/provisioning.md";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -113,9 +113,10 @@ pub fn find_sources() -> Result<(Option<Documents>, Vec<String>)> {
     if let Some(dev) = source::cidata_device() {
         found.push(source::read_cidata(&dev, Path::new(MOUNT_POINT))?);
     }
-    if Path::new(PARTITION).exists() {
-        let bytes = read_partition_head(Path::new(PARTITION))?;
-        if let Some(d) = source::decode_partition(&bytes, &format!("the installer's provisioning partition {PARTITION}"))? {
+    let part = Path::new("/dev/disk/by-partlabel").join(bpi_formats::layout::PROVISION_PARTITION);
+    if part.exists() {
+        let bytes = read_partition_head(&part)?;
+        if let Some(d) = source::decode_partition(&bytes, &format!("the installer's provisioning partition {}", part.display()))? {
             found.push(d);
         }
     }
@@ -238,9 +239,9 @@ fn decide(opts: &Options, c: &Checked, recorder: &dyn Recorder, report: &mut Rep
     let state = State { instance_id: c.instance_id.clone(), source: c.source.clone(), applied_at: now(), actions: report.actions.clone() };
     let saved = serde_json::to_vec_pretty(&state).map_err(anyhow::Error::from).and_then(|b| {
         if let Some(d) = opts.state_file.parent() {
-            bpi_support::fsmode::create_dirs(d, 0o700)?;
+            bpi_support::fsmode::create_dirs(d, 0o755)?;
         }
-        apply::write_atomic(&opts.state_file, &b, 0o600)
+        apply::write_atomic(&opts.state_file, &b, 0o644)
     });
     if let Err(e) = saved {
         report.outcome = Outcome::Failed;

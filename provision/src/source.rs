@@ -126,7 +126,6 @@ impl Documents {
 
 /// The provisioning partition's payload: a magic line, then the documents as JSON.
 pub const PARTITION_MAGIC: &[u8] = b"bpi-os provisioning v1\n";
-pub const PARTITION_LABEL: &str = "bpi-provision";
 
 pub fn encode_partition(docs: &Documents) -> Result<Vec<u8>> {
     let mut out = PARTITION_MAGIC.to_vec();

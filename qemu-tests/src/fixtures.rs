@@ -62,7 +62,15 @@ fn ssh_opts(port: u16) -> Vec<String> {
 /// The guest's host keys as the host sees them through the forwarded port,
 /// as `ssh-keygen -l` fingerprints (SHA256:...), sorted.
 pub fn scanned_fingerprints(port: u16) -> Result<Vec<String>> {
-    let scan = Cmd::new("ssh-keyscan").args(["-T", "5", "-p", &port.to_string(), "127.0.0.1"]).output()?;
+    // One connection per key type; under emulation one may take long, so
+    // ask for the two bpi-os makes and give each time.
+    let mut scan = String::new();
+    for _ in 0..3 {
+        scan = Cmd::new("ssh-keyscan").args(["-T", "30", "-t", "ed25519,ecdsa", "-p", &port.to_string(), "127.0.0.1"]).output()?;
+        if scan.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).count() >= 2 {
+            break;
+        }
+    }
     ensure!(!scan.trim().is_empty(), "ssh-keyscan found no host key on port {port}");
     let list = Cmd::new("ssh-keygen").args(["-l", "-f", "-"]).stdin_bytes(scan.into_bytes()).output()?;
     let mut fps: Vec<String> = list.lines().filter_map(|l| l.split_whitespace().nth(1).map(String::from)).collect();
@@ -78,8 +86,13 @@ pub fn wait_ssh_answers(vm: &Vm, port: u16) -> Result<Duration> {
         if ok {
             return Ok(vm.started.elapsed());
         }
-        if let Some(why) = crate::logscan::fatal(&vm.serial()) {
+        let serial = vm.serial();
+        if let Some(why) = crate::logscan::fatal(&serial) {
             return vm.fail(&format!("waiting for sshd: {why}"));
+        }
+        // A unit sshd needs has failed: it will not come (the console says which).
+        if let Some(line) = serial.lines().find(|l| l.contains("Dependency failed for") && l.contains("ssh")) {
+            return vm.fail(&format!("waiting for sshd: {}", line.trim()));
         }
         std::thread::sleep(Duration::from_millis(500).saturating_sub(t.elapsed()));
     }
@@ -148,7 +161,8 @@ pub fn unprovisioned_node_checks(vm: &Vm, port: u16) -> Result<()> {
     let mut fps: Vec<String> = status["ssh"]["host_keys"].as_array().into_iter().flatten().filter_map(|k| k["fingerprint"].as_str().map(String::from)).collect();
     fps.sort();
     ensure!(fps.len() == 2, "expected ed25519 and ecdsa host keys: {}", status["ssh"]);
-    ensure!(scanned_fingerprints(port)? == fps, "the keys sshd serves are not the ones status shows");
+    let scanned = scanned_fingerprints(port)?;
+    ensure!(scanned == fps, "the keys sshd serves {scanned:?} are not the ones status shows {fps:?}");
     let console = vm.serial();
     ensure!(console.contains("no provisioning found") && console.contains("provisioning.md"), "the console does not say how to provision");
     for fp in &fps {

@@ -75,7 +75,7 @@ fn json(vm: &Vm, cmd: &str) -> Result<Value> {
 
 fn provision_blocks(vm: &Vm) -> Result<Vec<Value>> {
     let all = json(vm, "bpi-os ledger show --json")?;
-    Ok(all.as_array().into_iter().flatten().filter(|b| b["draft"]["action"].as_str().is_some_and(|a| a.starts_with("provision-"))).cloned().collect())
+    Ok(all.as_array().into_iter().flatten().filter(|b| b["action"].as_str().is_some_and(|a| a.starts_with("provision-"))).cloned().collect())
 }
 
 /// Seconds bpi-provision.service ran on this boot (its ExecStart).
@@ -108,7 +108,8 @@ fn check_provisioned(vm: &Vm, port: u16, key: &Path, s: &Settings, source: &str)
     ensure!(p["notes"].as_array().is_some_and(|n| n.iter().any(|n| n.as_str().is_some_and(|n| n.contains("package_upgrade")))), "package_upgrade was not reported: {p}");
     let mut fps: Vec<String> = status["ssh"]["host_keys"].as_array().into_iter().flatten().filter_map(|k| k["fingerprint"].as_str().map(String::from)).collect();
     fps.sort();
-    ensure!(fps == fixtures::scanned_fingerprints(port)?, "status host keys differ from what sshd serves");
+    let scanned = fixtures::scanned_fingerprints(port)?;
+    ensure!(fps == scanned, "status host keys {fps:?} differ from what sshd serves {scanned:?}: {}", status["ssh"]);
 
     ensure!(vm.sh("hostname")?.trim() == s.hostname, "hostname");
     ensure!(vm.sh("cat /etc/hostname")?.trim() == s.hostname);
@@ -136,7 +137,7 @@ fn check_provisioned(vm: &Vm, port: u16, key: &Path, s: &Settings, source: &str)
     ensure!(topo.to_string().contains("\"peer\""), "the control plane did not load the provisioned topology: {topo}");
     // The ledger holds what was applied.
     let blocks = provision_blocks(vm)?;
-    let actions: Vec<&str> = blocks.iter().filter_map(|b| b["draft"]["action"].as_str()).collect();
+    let actions: Vec<&str> = blocks.iter().filter_map(|b| b["action"].as_str()).collect();
     for want in ["provision-hostname", "provision-user", "provision-password", "provision-ssh-keys", "provision-connection", "provision-file", "provision-applied"] {
         ensure!(actions.contains(&want), "no {want} block in the ledger: {actions:?}");
     }
@@ -281,8 +282,11 @@ fn bad_provisioning_fails_closed_and_says_where() -> Result<()> {
             ensure!(first.starts_with(&format!("cidata:user-data:{line}:")), "{what}: expected line {line}: {first}");
         }
         ensure!(vm.serial().contains(first), "{what}: the console does not show {first:?}");
-        let refused = provision_blocks(&vm)?.into_iter().filter(|b| b["draft"]["action"] == "provision-refused").count();
-        ensure!(refused == i + 1, "{what}: {refused} provision-refused blocks in the ledger, expected {}", i + 1);
+        let refused = provision_blocks(&vm)?.into_iter().filter(|b| b["action"] == "provision-refused").count();
+        if refused != i + 1 {
+            let log = vm.sh("journalctl -b -u bpi-provision.service -u bpi-ledger.service --no-pager -o cat")?;
+            anyhow::bail!("{what}: {refused} provision-refused blocks in the ledger, expected {}; the journal:\n{log}", i + 1);
+        }
         eprintln!("{what}: refused with {first}");
         vm.poweroff()?;
     }

@@ -32,7 +32,7 @@ use bpi_support::{progress, Cmd, Steps};
 
 use crate::store;
 use io::{drop_cache, open_direct, open_target, read_at, write_at, AlignedBuf};
-pub use plan::{disk_tables, plan, store_partition, Plan, Step, StoreChoice};
+pub use plan::{disk_tables, plan, provision_partition, store_partition, Plan, Step, StoreChoice, PROVISION_TYPE};
 use state::save_state;
 pub use state::{load_state, state_path, State};
 use store_device::{StoreDevice, STORE_WIPE};
@@ -111,6 +111,17 @@ pub fn apply(plan: &Plan, image: &File, state_file: &Path, steps: &Steps, passph
                     let (disk, _) = open()?;
                     disk.write_all_at(&written, 0)?;
                     disk.sync_all()?;
+                }
+                Step::WriteProvision { offset, bytes, .. } => {
+                    let (disk, _) = open()?;
+                    let mut buf = plan.provision.clone();
+                    buf.resize(*bytes as usize, 0);
+                    disk.write_all_at(&buf, *offset)?;
+                    disk.sync_all()?;
+                    drop_cache(disk);
+                    let mut back = vec![0u8; buf.len()];
+                    disk.read_exact_at(&mut back, *offset)?;
+                    ensure!(back == buf, "the provisioning partition did not read back as written");
                 }
                 Step::VerifyTables => {
                     let (disk, _) = open()?;

@@ -22,6 +22,9 @@ pub enum Step {
     RereadPartitions,
     /// (The passphrase itself is never in a plan or the state file.)
     InitStore { offset: u64, bytes: u64, tpm2: bool, pcrs: String, recovery_key_file: Option<PathBuf>, passphrase: bool },
+    /// The provisioning partition: `bpi-os install --provision FILE`'s
+    /// documents, or zeros (an earlier install's must not be applied).
+    WriteProvision { offset: u64, bytes: u64, payload_sha256: Option<String> },
 }
 
 impl Step {
@@ -35,6 +38,7 @@ impl Step {
             Step::VerifyTables => "verify-tables",
             Step::RereadPartitions => "reread-partitions",
             Step::InitStore { .. } => "init-store",
+            Step::WriteProvision { .. } => "write-provision",
         }
     }
 }
@@ -59,6 +63,10 @@ impl std::fmt::Display for Step {
             }
             Step::VerifyTables => write!(f, "read both GPTs back and check them against the image's partitions"),
             Step::RereadPartitions => write!(f, "ask the kernel to re-read the partition table"),
+            Step::WriteProvision { offset, bytes, payload_sha256 } => match payload_sha256 {
+                Some(h) => write!(f, "write the provisioning given with --provision (sha256 {h}) to bpi-provision (offset {offset}, {}); first boot applies it", target::human(*bytes)),
+                None => write!(f, "zero bpi-provision (offset {offset}, {}): no provisioning given", target::human(*bytes)),
+            },
             Step::InitStore { offset, bytes, tpm2, pcrs, recovery_key_file, passphrase } => {
                 write!(f, "encrypted store on bpi-store (offset {offset}, {}): LUKS2 keyed by a new recovery key", target::human(*bytes))?;
                 if *passphrase {
@@ -86,6 +94,9 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// What first boot does with the rest of the disk.
     pub first_boot: String,
+    /// The provisioning partition's contents (not shown: it may hold password hashes).
+    #[serde(skip)]
+    pub provision: Vec<u8>,
 }
 
 /// The operator's choice for the encrypted store.
@@ -115,21 +126,44 @@ pub fn store_partition(head: &[u8], size: u64) -> Result<gpt::Partition> {
     })
 }
 
-/// The tables the disk gets: the image's, sized for the disk, plus the store partition.
-pub fn disk_tables(head: &[u8], size: u64) -> Result<gpt::Tables> {
-    let size = size - size % SECTOR;
-    gpt::relocate_with(head, size, &[store_partition(head, size)?])
+/// The provisioning partition's type (bpi-os's own) and size.
+pub const PROVISION_TYPE: &str = "5b1f4a9e-6c2d-4e8f-9a3b-0d7c1e2f3a4b";
+pub const PROVISION_SIZE: u64 = 4 << 20;
+
+/// The provisioning partition, right after the store partition: first boot
+/// reads `bpi-os install --provision`'s documents from it.
+pub fn provision_partition(head: &[u8], size: u64) -> Result<gpt::Partition> {
+    let store = store_partition(head, size)?;
+    let start = store.offset() + store.size();
+    let (disk_guid, _) = gpt::parse_primary(head)?;
+    Ok(gpt::Partition {
+        type_guid: PROVISION_TYPE.into(),
+        guid: gpt::derived_guid(format!("bpi-provision {disk_guid} {size}").as_bytes()),
+        name: bpi_formats::layout::PROVISION_PARTITION.into(),
+        first_lba: start / SECTOR,
+        last_lba: (start + PROVISION_SIZE) / SECTOR - 1,
+        attributes: 0,
+    })
 }
 
-/// The plan for writing `src` to `t` (already checked by [`target::refusals`]).
-pub fn plan(src: &Source, t: &Target, store_choice: Option<StoreChoice>) -> Result<Plan> {
+/// The tables the disk gets: the image's, sized for the disk, plus the store
+/// and provisioning partitions.
+pub fn disk_tables(head: &[u8], size: u64) -> Result<gpt::Tables> {
+    let size = size - size % SECTOR;
+    gpt::relocate_with(head, size, &[store_partition(head, size)?, provision_partition(head, size)?])
+}
+
+/// The plan for writing `src` to `t` (already checked by [`target::refusals`]);
+/// `provision` is the provisioning partition's payload, if any.
+pub fn plan(src: &Source, t: &Target, store_choice: Option<StoreChoice>, provision: Option<Vec<u8>>) -> Result<Plan> {
     let image_backup = src.size - (1 + ENTRY_SECTORS) * SECTOR;
     ensure!(src.size > ALIGN + (1 + ENTRY_SECTORS) * SECTOR, "the image is too small to hold a GPT and a partition");
     let store_part = store_partition(&src.head, t.size)?;
-    let needed = store_part.offset() + store_part.size() + MIN_DATA + ALIGN;
+    let prov_part = provision_partition(&src.head, t.size)?;
+    let needed = prov_part.offset() + prov_part.size() + MIN_DATA + ALIGN;
     ensure!(
         t.size >= needed,
-        "{} is {}; the image, the encrypted store and the smallest data partition need {} ({needed} bytes)",
+        "{} is {}; the image, the encrypted store, the provisioning partition and the smallest data partition need {} ({needed} bytes)",
         t.path.display(),
         target::human(t.size),
         target::human(needed)
@@ -139,6 +173,11 @@ pub fn plan(src: &Source, t: &Target, store_choice: Option<StoreChoice>) -> Resu
         Step::WipeTables { backup_offset: (t.size / SECTOR - 1 - ENTRY_SECTORS) * SECTOR },
         Step::WriteBody { from: ALIGN, to: image_backup },
         Step::VerifyBody { from: ALIGN, to: image_backup },
+        Step::WriteProvision {
+            offset: prov_part.offset(),
+            bytes: prov_part.size(),
+            payload_sha256: provision.as_ref().map(|p| bpi_support::digest::sha256_bytes(p)),
+        },
         Step::WriteBackupTable { offset: tables.backup_offset, bytes: tables.backup.len() as u64 },
         Step::WritePrimaryTable { bytes: ALIGN },
         Step::VerifyTables,
@@ -156,7 +195,8 @@ pub fn plan(src: &Source, t: &Target, store_choice: Option<StoreChoice>) -> Resu
             passphrase: c.passphrase,
         });
     }
-    let rest = tables.backup_offset.saturating_sub(store_part.offset() + store_part.size());
+    ensure!(provision.as_ref().is_none_or(|p| p.len() as u64 <= PROVISION_SIZE), "the provisioning is larger than its partition ({} MiB)", PROVISION_SIZE >> 20);
+    let rest = tables.backup_offset.saturating_sub(prov_part.offset() + prov_part.size());
     Ok(Plan {
         image: src.raw.clone(),
         image_sha256: src.sha256.clone(),
@@ -167,6 +207,7 @@ pub fn plan(src: &Source, t: &Target, store_choice: Option<StoreChoice>) -> Resu
             "first boot: systemd-repart creates bpi-data (ext4) in the remaining {} and grows it to the disk's end",
             target::human(rest)
         ),
+        provision: provision.unwrap_or_default(),
     })
 }
 
