@@ -56,6 +56,9 @@ pub struct Report {
     pub host_keys: Vec<HostKey>,
     pub host_keys_made: Vec<String>,
     pub message: String,
+    /// Seconds each phase took (host keys, finding the source, checking, applying).
+    #[serde(default)]
+    pub seconds: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,15 +104,13 @@ impl Default for Options {
 /// The sources on this machine, best first; the first one is used.
 pub fn find_sources() -> Result<(Option<Documents>, Vec<String>)> {
     let mut found = Vec::new();
-    let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from).filter(|d| d.join("bpi.provision.user-data").exists() || d.join("bpi.provision.network-config").exists());
-    let creds = creds.unwrap_or_else(|| PathBuf::from(source::SYSTEM_CREDENTIALS));
+    // In bpi-provision.service, systemd hands the unit its credentials
+    // (LoadCredential=); run by hand, PID 1's own store is read.
+    let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(source::SYSTEM_CREDENTIALS));
     let d = Documents::from_dir(&creds, source::CREDENTIAL_PREFIX, "systemd credentials (SMBIOS type 11 or kernel command line)", "credential:bpi.provision.")?;
     if !d.is_empty() {
         found.push(d);
     }
-    // A CD-ROM behind a controller whose module udev is still loading is
-    // not there yet; wait for udev's queue to drain (bounded) before looking.
-    let _ = bpi_support::Cmd::new("udevadm").args(["settle", "--timeout=30"]).run();
     if let Some(dev) = source::cidata_device() {
         found.push(source::read_cidata(&dev, Path::new(MOUNT_POINT))?);
     }
@@ -149,10 +150,17 @@ pub fn run(opts: &Options, recorder: &dyn Recorder, say: &mut dyn FnMut(&str)) -
         host_keys: Vec::new(),
         host_keys_made: Vec::new(),
         message: String::new(),
+        seconds: Vec::new(),
+    };
+    let mut t = std::time::Instant::now();
+    let mut lap = |report: &mut Report, name: &str| {
+        report.seconds.push((name.to_string(), t.elapsed().as_secs_f64()));
+        t = std::time::Instant::now();
     };
     if !opts.dry_run {
         report.host_keys_made = hostkeys::ensure(&opts.ssh_dir)?;
     }
+    lap(&mut report, "host keys");
     let docs = match &opts.from {
         Some(dir) => Some(Documents::from_path(dir)?),
         None => {
@@ -161,6 +169,7 @@ pub fn run(opts: &Options, recorder: &dyn Recorder, say: &mut dyn FnMut(&str)) -
             docs
         }
     };
+    lap(&mut report, "find and read the source");
     match docs {
         None => {
             report.message = format!(
@@ -169,7 +178,9 @@ pub fn run(opts: &Options, recorder: &dyn Recorder, say: &mut dyn FnMut(&str)) -
         }
         Some(docs) => {
             let c = check::check(&docs);
+            lap(&mut report, "check");
             decide(opts, &c, recorder, &mut report, say);
+            lap(&mut report, "apply and record");
         }
     }
     report.host_keys = hostkeys::fingerprints(&opts.ssh_dir)?;

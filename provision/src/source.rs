@@ -162,13 +162,19 @@ pub struct Found {
 
 /// A cidata drive: its device, found by label (ISO 9660 `cidata`, vfat `CIDATA`).
 pub fn cidata_device() -> Option<PathBuf> {
-    for label in ["cidata", "CIDATA"] {
-        let by_label = Path::new("/dev/disk/by-label").join(label);
-        if by_label.exists() {
-            return std::fs::canonicalize(by_label).ok();
-        }
+    let by_label = || {
+        ["cidata", "CIDATA"].iter().map(|l| Path::new("/dev/disk/by-label").join(l)).find(|p| p.exists()).and_then(|p| std::fs::canonicalize(p).ok())
+    };
+    if let Some(dev) = by_label() {
+        return Some(dev);
     }
-    // udev may not have named it yet; ask blkid to probe every device.
+    // A CD-ROM behind a controller whose module udev is still loading is not
+    // there yet: wait for udev's queue to drain (bounded), then look again,
+    // and last ask blkid to probe every device itself.
+    let _ = bpi_support::Cmd::new("udevadm").args(["settle", "--timeout=30"]).run();
+    if let Some(dev) = by_label() {
+        return Some(dev);
+    }
     for label in ["cidata", "CIDATA"] {
         if let Ok(out) = bpi_support::Cmd::new("blkid").args(["-c", "/dev/null", "-o", "device", "-t"]).arg(format!("LABEL={label}")).output() {
             if let Some(dev) = out.lines().next().filter(|l| !l.is_empty()) {

@@ -143,6 +143,22 @@ pub fn ethernet(vm: &Vm) -> Result<String> {
         .context("the guest has no Ethernet interface")
 }
 
+/// How long bpi-provision.service ran on this boot (its ExecStart), with
+/// the phases its report gives: "1.83s (host keys 0.4s, ...)".
+pub fn provision_seconds(vm: &Vm) -> Result<String> {
+    let out = vm.sh("systemctl show bpi-provision.service -p ExecMainStartTimestampMonotonic -p ExecMainExitTimestampMonotonic")?;
+    let get = |k: &str| out.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix('=')?.parse::<f64>().ok()).unwrap_or(0.0);
+    let total = (get("ExecMainExitTimestampMonotonic") - get("ExecMainStartTimestampMonotonic")) / 1e6;
+    let report: Value = serde_json::from_str(&vm.sh("cat /run/bpi-provision.json")?)?;
+    let phases: Vec<String> = report["seconds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| format!("{} {:.2}s", p[0].as_str().unwrap_or("?"), p[1].as_f64().unwrap_or(0.0)))
+        .collect();
+    Ok(format!("{total:.2}s ({})", phases.join(", ")))
+}
+
 /// A node booted with no provisioning: DHCP from QEMU's user network through
 /// NetworkManager, sshd up with host keys made on this boot and no
 /// authorized key, and the console saying how to provision.
@@ -163,6 +179,7 @@ pub fn unprovisioned_node_checks(vm: &Vm, port: u16) -> Result<()> {
     ensure!(fps.len() == 2, "expected ed25519 and ecdsa host keys: {}", status["ssh"]);
     let scanned = scanned_fingerprints(port)?;
     ensure!(scanned == fps, "the keys sshd serves {scanned:?} are not the ones status shows {fps:?}");
+    eprintln!("FIGURE bpi-provision.service without provisioning (first boot, host keys made): {}", provision_seconds(vm)?);
     let console = vm.serial();
     ensure!(console.contains("no provisioning found") && console.contains("provisioning.md"), "the console does not say how to provision");
     for fp in &fps {

@@ -78,13 +78,6 @@ fn provision_blocks(vm: &Vm) -> Result<Vec<Value>> {
     Ok(all.as_array().into_iter().flatten().filter(|b| b["action"].as_str().is_some_and(|a| a.starts_with("provision-"))).cloned().collect())
 }
 
-/// Seconds bpi-provision.service ran on this boot (its ExecStart).
-fn provision_seconds(vm: &Vm) -> Result<f64> {
-    let out = vm.sh("systemctl show bpi-provision.service -p ExecMainStartTimestampMonotonic -p ExecMainExitTimestampMonotonic")?;
-    let get = |k: &str| out.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix('=')?.parse::<f64>().ok()).unwrap_or(0.0);
-    Ok((get("ExecMainExitTimestampMonotonic") - get("ExecMainStartTimestampMonotonic")) / 1e6)
-}
-
 /// Polls until a login with `key` works; the time from power-on.
 fn wait_login(vm: &Vm, port: u16, key: &Path, user: &str) -> Result<Duration> {
     fixtures::wait_ssh_answers(vm, port)?;
@@ -167,7 +160,7 @@ fn proxmox_cloud_init_drive_and_smbios_credentials_provision_the_node() -> Resul
     vm.wait_booted()?;
     vm.check_logs()?;
     let st = check_provisioned(&vm, port, &key, &s1, "cidata drive")?;
-    eprintln!("FIGURE bpi-provision.service with the cidata drive (first boot): {:.2}s", provision_seconds(&vm)?);
+    eprintln!("FIGURE bpi-provision.service with the cidata drive (first boot): {}", fixtures::provision_seconds(&vm)?);
     let console = vm.serial();
     for k in st["ssh"]["host_keys"].as_array().into_iter().flatten() {
         ensure!(console.contains(k["fingerprint"].as_str().unwrap_or("-")), "host key {k} is not on the console");
@@ -186,7 +179,7 @@ fn proxmox_cloud_init_drive_and_smbios_credentials_provision_the_node() -> Resul
     ensure!(provision_blocks(&vm)?.len() == blocks1, "the second boot added provisioning blocks to the ledger");
     ensure!(fixtures::scanned_fingerprints(port)? == keys1, "host keys changed across a reboot");
     ensure!(vm.sh("cat /etc/machine-id")?.trim() == machine_id, "machine-id changed across a reboot");
-    eprintln!("FIGURE bpi-provision.service with the cidata drive, instance already applied: {:.2}s", provision_seconds(&vm)?);
+    eprintln!("FIGURE bpi-provision.service with the cidata drive, instance already applied: {}", fixtures::provision_seconds(&vm)?);
     fixtures::ssh(port, &key, "op", "true")?;
     vm.poweroff()?;
 
@@ -223,7 +216,7 @@ fn proxmox_cloud_init_drive_and_smbios_credentials_provision_the_node() -> Resul
     vm.wait_booted()?;
     vm.check_logs()?;
     check_provisioned(&vm, port2, &key, &s2, "credentials")?;
-    eprintln!("FIGURE bpi-provision.service with SMBIOS credentials: {:.2}s", provision_seconds(&vm)?);
+    eprintln!("FIGURE bpi-provision.service with SMBIOS credentials: {}", fixtures::provision_seconds(&vm)?);
     // Two machines, one image: their own host keys and machine-ids.
     let keys2 = fixtures::scanned_fingerprints(port2)?;
     ensure!(keys2.iter().all(|k| !keys1.contains(k)), "two machines share a host key: {keys1:?} {keys2:?}");
