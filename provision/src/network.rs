@@ -447,6 +447,20 @@ mod tests {
         assert!(!k.contains("interface-name"), "{k}");
     }
 
+    /// `--ipconfig0 ip=dhcp,ip6=fd00::15/64,gw6=fd00::2`, then `ip6=auto`, as nocloud_network writes them.
+    #[test]
+    fn proxmox_v1_dhcp4_with_static6_and_slaac() {
+        let v1 = "version: 1\nconfig:\n    - type: physical\n      name: eth0\n      mac_address: 'bc:24:11:2c:69:ec'\n      subnets:\n      - type: dhcp4\n      - type: static6\n        address: 'fd00::15/64'\n        gateway: 'fd00::2'\n";
+        let mut f = Findings::default();
+        let net = parse(v1, "network-config", &mut f).unwrap();
+        assert!(f.errors.is_empty(), "{f:?}");
+        let k = keyfile(&net.interfaces[0], &net, "u");
+        assert!(k.contains("[ipv4]\nmethod=auto\n") && k.contains("[ipv6]\nmethod=manual\naddress1=fd00::15/64\ngateway=fd00::2\n"), "{k}");
+        let slaac = v1.replace("      - type: static6\n        address: 'fd00::15/64'\n        gateway: 'fd00::2'\n", "      - type: ipv6_slaac\n");
+        let net = parse(&slaac, "network-config", &mut f).unwrap();
+        assert!(keyfile(&net.interfaces[0], &net, "u").contains("[ipv6]\nmethod=auto\n"));
+    }
+
     #[test]
     fn proxmox_v2_and_routes_and_mtu() {
         let v2 = "version: 2\nethernets:\n    net0:\n        match:\n            macaddress: \"bc:24:11:2c:69:ec\"\n        set-name: eth0\n        addresses:\n        - '10.0.2.15/24'\n        - 'fd00::15/64'\n        gateway4: '10.0.2.2'\n        gateway6: 'fd00::2'\n        mtu: 1400\n        routes:\n        - to: 192.168.7.0/24\n          via: 10.0.2.9\n        nameservers:\n          addresses:\n          - '10.0.2.3'\n";

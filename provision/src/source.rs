@@ -168,13 +168,9 @@ pub fn cidata_device() -> Option<PathBuf> {
     if let Some(dev) = by_label() {
         return Some(dev);
     }
-    // A CD-ROM behind a controller whose module udev is still loading is not
-    // there yet: wait for udev's queue to drain (bounded), then look again,
-    // and last ask blkid to probe every device itself.
-    let _ = bpi_support::Cmd::new("udevadm").args(["settle", "--timeout=30"]).run();
-    if let Some(dev) = by_label() {
-        return Some(dev);
-    }
+    // udev may not have named it yet: blkid probes every block device itself.
+    // (The initrd carries the CD-ROM and disk drivers, so the drive is there
+    // by now; waiting for udev to settle would cost seconds on every boot.)
     for label in ["cidata", "CIDATA"] {
         if let Ok(out) = bpi_support::Cmd::new("blkid").args(["-c", "/dev/null", "-o", "device", "-t"]).arg(format!("LABEL={label}")).output() {
             if let Some(dev) = out.lines().next().filter(|l| !l.is_empty()) {
