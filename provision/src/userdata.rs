@@ -330,13 +330,13 @@ fn write_files(v: &Node, file: &str, f: &mut Findings) -> Vec<ConfigFile> {
             continue;
         };
         let mut path = None;
-        let mut content: Option<(String, usize)> = None;
+        let mut content: Option<(String, usize, bool)> = None;
         let mut encoding = "text".to_string();
         let mut mode = 0o644;
         for (k, x) in m {
             match k.as_str() {
                 "path" => path = x.text().map(|p| (p.to_string(), x.line)),
-                "content" => content = Some((x.text().unwrap_or("").to_string(), x.line)),
+                "content" => content = Some((x.text().unwrap_or("").to_string(), x.line, x.is_literal())),
                 "encoding" => encoding = x.text().unwrap_or("").to_ascii_lowercase(),
                 "permissions" => match x.text().and_then(|p| u32::from_str_radix(p.trim_start_matches("0o"), 8).ok()).filter(|m| *m <= 0o777) {
                     Some(m) => mode = m,
@@ -361,7 +361,7 @@ fn write_files(v: &Node, file: &str, f: &mut Findings) -> Vec<ConfigFile> {
             f.error(file, pline, format!("write_files: {p:?} is outside /bpi/config (only files there can be written; the rest of the system is the image)"));
             continue;
         }
-        let (text, cline) = content.unwrap_or((String::new(), item.line));
+        let (text, cline, literal) = content.unwrap_or((String::new(), item.line, false));
         let bytes = match encoding.as_str() {
             "text" | "text/plain" => text.into_bytes(),
             "b64" | "base64" => match base64::engine::general_purpose::STANDARD.decode(text.trim()) {
@@ -377,14 +377,23 @@ fn write_files(v: &Node, file: &str, f: &mut Findings) -> Vec<ConfigFile> {
             }
         };
         if let Err((rel, msg)) = check_config(&p, &bytes) {
-            // A literal block's lines follow its first line one for one.
-            let line = rel.map_or(cline, |r| cline + r - 1);
+            // A literal block's lines follow its first line one for one;
+            // other forms give the content's own line (the message keeps the file's line).
+            // The parser marks a block at its first line with text, after any empty ones.
+            let leading_empty = text_lines_before_content(&bytes);
+            let line = rel
+                .filter(|r| literal && matches!(encoding.as_str(), "text" | "text/plain") && *r > leading_empty)
+                .map_or(cline, |r| cline + r - 1 - leading_empty);
             f.error(file, line, format!("write_files {p}: {msg}"));
             continue;
         }
         out.push(ConfigFile { path: p, content: bytes, mode });
     }
     out
+}
+
+fn text_lines_before_content(bytes: &[u8]) -> usize {
+    bytes.iter().take_while(|b| b.is_ascii_whitespace()).filter(|b| **b == b'\n').count()
 }
 
 /// The files bpi-os reads go through their own loader. An error is the

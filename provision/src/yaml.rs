@@ -9,8 +9,9 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 pub enum Value {
     Map(Vec<(String, Node)>),
     Seq(Vec<Node>),
-    /// A scalar; `plain` when it was unquoted (so `true`, `null`, `1` are not strings).
-    Scalar { text: String, plain: bool },
+    /// A scalar; `plain` when it was unquoted (so `true`, `null`, `1` are
+    /// not strings); `literal` for a `|` block, whose lines are the file's.
+    Scalar { text: String, plain: bool, literal: bool },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -21,7 +22,7 @@ pub struct Node {
 
 impl Node {
     pub fn is_null(&self) -> bool {
-        matches!(&self.value, Value::Scalar { text, plain: true } if matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL"))
+        matches!(&self.value, Value::Scalar { text, plain: true, .. } if matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL"))
     }
 
     /// A scalar as text (numbers and booleans too, as written).
@@ -35,13 +36,18 @@ impl Node {
     /// YAML 1.1 booleans as cloud-init reads them (Proxmox writes `False`).
     pub fn boolean(&self) -> Option<bool> {
         match &self.value {
-            Value::Scalar { text, plain: true } => match text.to_ascii_lowercase().as_str() {
+            Value::Scalar { text, plain: true, .. } => match text.to_ascii_lowercase().as_str() {
                 "true" | "yes" | "on" => Some(true),
                 "false" | "no" | "off" => Some(false),
                 _ => None,
             },
             _ => None,
         }
+    }
+
+    /// A `|` block: line N of its text is line `self.line + N - 1` of the file.
+    pub fn is_literal(&self) -> bool {
+        matches!(&self.value, Value::Scalar { literal: true, .. })
     }
 
     pub fn map(&self) -> Option<&[(String, Node)]> {
@@ -146,7 +152,7 @@ impl MarkedEventReceiver for Builder {
                 if anchor != 0 {
                     self.fail(line, "YAML anchors are not supported".into());
                 }
-                self.push(Node { line, value: Value::Scalar { text, plain: style == TScalarStyle::Plain } });
+                self.push(Node { line, value: Value::Scalar { text, plain: style == TScalarStyle::Plain, literal: style == TScalarStyle::Literal } });
             }
             Event::SequenceStart(anchor, _) => {
                 if anchor != 0 {

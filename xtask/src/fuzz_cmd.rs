@@ -15,7 +15,7 @@ use bpi_support::{progress, Cmd, Steps};
 use crate::{buildenv, cargo, workspace_root};
 
 /// Every target, in the order they run.
-pub const TARGETS: &[&str] = &["ledger_log", "ledger_data", "config_files", "gpt_manifest", "image_source", "xdp_frames"];
+pub const TARGETS: &[&str] = &["ledger_log", "ledger_data", "config_files", "gpt_manifest", "image_source", "xdp_frames", "provision_docs"];
 
 /// How long each target runs inside `cargo xtask test`.
 pub const TEST_SECONDS: u64 = 20;
