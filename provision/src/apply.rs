@@ -24,16 +24,13 @@ impl Target {
     }
 }
 
-/// Writes a file by a temporary name and a rename, so a reader never sees half of it.
+/// Writes a file atomically (`bpi_support::fsmode::write_atomic`), making
+/// its directory first, and sets `mode` exactly, whatever the umask.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().context("a file path has a parent")?;
     bpi_support::fsmode::create_dirs(dir, 0o755)?;
-    let tmp = dir.join(format!(".{}.bpi-new", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-    Ok(())
+    bpi_support::fsmode::write_atomic(path, bytes, mode).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(|| format!("setting the mode of {}", path.display()))
 }
 
 /// Applies one action; returns the ledger outcome line.

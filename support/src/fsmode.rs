@@ -5,6 +5,26 @@
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
+/// Writes `path` so that a crash leaves either the old or the new content:
+/// a temporary file beside it, made with `mode` (masked by the umask),
+/// synced, renamed over `path`, and the directory synced.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Makes a directory's entries (a new or renamed file) durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
+}
+
 /// Creates `path` and every missing parent with `mode`; directories that
 /// exist already keep theirs.
 pub fn create_dirs(path: &Path, mode: u32) -> std::io::Result<()> {

@@ -75,21 +75,15 @@ fn dir_path(dir: &Path) -> String {
     dir.display().to_string()
 }
 
-/// Writes `path` so that a crash leaves either the old or the new content.
+/// Writes `path` so that a crash leaves either the old or the new content
+/// (`bpi_support::fsmode::write_atomic`).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let ctx = || format!("writing {}", path.display());
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).ctx(ctx)?;
-    f.write_all(bytes).ctx(ctx)?;
-    f.sync_all().ctx(ctx)?;
-    std::fs::rename(&tmp, path).ctx(ctx)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    bpi_support::fsmode::write_atomic(path, bytes, mode).ctx(|| format!("writing {}", path.display()))
 }
 
 /// Makes a directory's entries (a new or renamed file) durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-    File::open(dir).and_then(|d| d.sync_all()).ctx(|| format!("syncing {}", dir.display()))
+    bpi_support::fsmode::sync_dir(dir).ctx(|| format!("syncing {}", dir.display()))
 }
 
 fn set_append_only(file: &File, on: bool) -> std::io::Result<()> {
