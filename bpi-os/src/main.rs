@@ -2,6 +2,7 @@
 
 mod control;
 mod docs;
+mod health;
 mod install;
 mod ledger;
 mod nxos;
@@ -9,6 +10,7 @@ mod output;
 mod provision;
 mod status;
 mod store;
+mod update;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use output::Json;
@@ -47,6 +49,13 @@ enum Command {
         #[command(subcommand)]
         command: provision::ProvisionCommand,
     },
+    /// A/B updates from signed bundles: check, apply, status, rollback.
+    Update {
+        #[command(subcommand)]
+        command: update::UpdateCommand,
+    },
+    /// Check this boot: verity root, data partition, ledger, the units bpi-os enables (bpi-health.service runs it with --boot).
+    Health(health::HealthArgs),
     /// The NXOS DRX network runtime: the XDP data plane, trust, and the control plane (topology, routes, intents).
     Nxos(nxos::NxosArgs),
     /// Write the man pages and shell completions under DIR (a usr/share); the image build runs it.
@@ -72,6 +81,8 @@ fn main() {
         Command::Store { command } => store::run(command),
         Command::Nxos(args) => nxos::run(args),
         Command::Provision { command } => provision::run(command),
+        Command::Update { command } => update::run(command),
+        Command::Health(args) => health::run(args),
         Command::GenerateDocs { out } => docs::generate(Cli::command(), &out).map(|files| {
             for f in files {
                 println!("{}", f.display());

@@ -7,7 +7,9 @@ use serde::Serialize;
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Status {
+    /// The image's version (os-release IMAGE_VERSION); the binary's when not booted from an image.
     pub version: String,
+    pub binary_version: String,
     pub root_hash: Option<String>,
     pub root: Option<Mount>,
     pub verity: Verity,
@@ -15,6 +17,8 @@ pub struct Status {
     pub store: bpi_installer::store::Status,
     pub provisioning: Provisioning,
     pub ssh: Ssh,
+    /// Slots, boot entries and failed versions; None off a slotted boot disk.
+    pub update: Option<crate::update::UpdateStatus>,
 }
 
 /// What first-boot provisioning did on this boot, and what is applied.
@@ -99,7 +103,8 @@ pub fn run(json: Json) -> Result<()> {
         None => (None, None),
     };
     let status = Status {
-        version: env!("CARGO_PKG_VERSION").to_string(),
+        version: bpi_update::apply::running_version().unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_string()),
+        binary_version: env!("CARGO_PKG_VERSION").to_string(),
         root_hash: root_hash(&cmdline),
         root: find_mount(&mountinfo, "/"),
         verity: parse_verity(verity_out.as_deref()),
@@ -107,6 +112,7 @@ pub fn run(json: Json) -> Result<()> {
         store: bpi_installer::store::status(std::path::Path::new(bpi_installer::store::DEFAULT_DEVICE)),
         provisioning: provisioning(),
         ssh: ssh(),
+        update: crate::update::status().ok().filter(|u| !u.slots.is_empty()),
     };
     if json.on() {
         json.print(&status)?;
@@ -144,6 +150,12 @@ pub fn run(json: Json) -> Result<()> {
         println!("ssh:        {}", if status.ssh.service_active { "sshd running" } else { "sshd not running" });
         for k in &status.ssh.host_keys {
             println!("            host key {} {}", k.kind, k.fingerprint);
+        }
+        if let Some(u) = &status.update {
+            println!("slot:       {} (other slot: {})", u.running_slot.map(String::from).unwrap_or_default(), u.slots.iter().find(|s| !s.running).and_then(|s| s.version.clone()).unwrap_or_else(|| "empty".into()));
+            for f in &u.failed {
+                println!("update:     {} FAILED ({} boot(s){}): {}", f.version, f.failed_boots, if f.out_of_tries { ", fell back" } else { "" }, f.reasons);
+            }
         }
     }
     Ok(())

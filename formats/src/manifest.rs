@@ -56,6 +56,11 @@ impl Manifest {
         self.partitions.iter().find(|p| p.name == name)
     }
 
+    /// The root partition of the image's version (slot A in the image).
+    pub fn root_partition(&self) -> Option<&PartitionInfo> {
+        self.partition(&crate::slots::root_label(&self.version))
+    }
+
     /// The most a manifest may be: it lists partitions and packages.
     pub const MAX_BYTES: u64 = 8 << 20;
 

@@ -11,6 +11,7 @@ const BOUNDS: &[(&str, f64, &str)] = &[
     ("bpi-ledger.service", 1.0, ""),
     ("bpi-drx-control.service", 1.0, ""),
     ("bpi-drx-data.service", 2.0, ""),
+    ("bpi-health.service", 2.0, ""),
     // Both mount the store into the host's namespace and drive cryptsetup and
     // the TPM2 on raw devices: no private namespaces, root, full /dev
     // (the floor is explained in the units).

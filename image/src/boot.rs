@@ -94,7 +94,11 @@ pub fn make_esp(inp: &EspInputs, work: &Path, out: &Path) -> Result<()> {
     };
     let read = |src: &Path| std::fs::read(src).with_context(|| format!("reading {}", src.display()));
     let sdboot = staged("systemd-bootx64.efi", &read(inp.systemd_boot)?)?;
-    let uki = staged("bpi-os.efi", &read(inp.uki)?)?;
+    // The UKI keeps its name (bpi-os_<version>.efi): the version tells
+    // systemd-boot's entries and the updater's slots apart.
+    let uki_name = inp.uki.file_name().and_then(|n| n.to_str()).context("the UKI's file name")?.to_string();
+    let uki = staged(&uki_name, &read(inp.uki)?)?;
+    let uki_dest = format!("::/EFI/Linux/{uki_name}");
     let loader = staged("loader.conf", b"timeout 0\neditor no\nauto-entries no\nauto-firmware no\n")?;
     let mtools = |prog: &str| Cmd::new(prog).env("SOURCE_DATE_EPOCH", &epoch).env("MTOOLS_SKIP_CHECK", "1");
     mtools("mmd")
@@ -105,7 +109,7 @@ pub fn make_esp(inp: &EspInputs, work: &Path, out: &Path) -> Result<()> {
     for (src, dest) in [
         (&sdboot, "::/EFI/BOOT/BOOTX64.EFI"),
         (&sdboot, "::/EFI/systemd/systemd-bootx64.efi"),
-        (&uki, "::/EFI/Linux/bpi-os.efi"),
+        (&uki, uki_dest.as_str()),
         (&loader, "::/loader/loader.conf"),
     ] {
         mtools("mcopy").arg("-m").arg("-i").arg(out).arg(src).arg(dest).run()?;

@@ -14,12 +14,15 @@ use crate::rootfs::{self, BaseInputs};
 use crate::sources::Sources;
 use crate::stage::{self, StageInputs};
 use crate::verity;
+use crate::{bundle, slots};
+use bpi_ledger::checkpoint::NoteSigner;
 
 /// Free space left after the partitions of bpi-os.raw, so the image boots as
 /// it is and first boot has room for the data partition (sparse: costs no disk).
-pub const DATA_RESERVE: u64 = 1 << 30;
+/// (The B slot, empty, was carved out of what used to be 1 GiB here.)
+pub const DATA_RESERVE: u64 = 512 << 20;
 
-pub struct BuildOptions {
+pub struct BuildOptions<'a> {
     /// The source tree (workspace root).
     pub source_dir: PathBuf,
     /// Where bpi-os.raw, bpi-os.qcow2, SHA256SUMS and manifest.json go.
@@ -30,6 +33,12 @@ pub struct BuildOptions {
     pub binary: PathBuf,
     pub version: String,
     pub mirror: Option<String>,
+    /// Signs the update bundle; its public key goes into the image.
+    pub update_signer: &'a NoteSigner,
+    /// How long the bundle's metadata stays valid.
+    pub update_valid_secs: u64,
+    /// A test image whose boot health check fails ([`StageInputs::break_health`]).
+    pub break_health: bool,
 }
 
 pub const RAW: &str = "bpi-os.raw";
@@ -47,7 +56,7 @@ pub fn staged_root(work_dir: &Path) -> PathBuf {
     work_dir.join("root")
 }
 
-pub fn build(opts: &BuildOptions, steps: &Steps) -> Result<Manifest> {
+pub fn build(opts: &BuildOptions<'_>, steps: &Steps) -> Result<Manifest> {
     let sources = Sources::from_host(opts.mirror.as_deref())?;
     let image_dir = opts.source_dir.join("image");
     let inputs = BaseInputs { image_dir: &image_dir, sources: &sources };
@@ -75,6 +84,8 @@ pub fn build(opts: &BuildOptions, steps: &Steps) -> Result<Manifest> {
                 source_dir: &opts.source_dir,
                 version: &opts.version,
                 epoch,
+                update_key: &opts.update_signer.verifier().to_vkey(),
+                break_health: opts.break_health,
             },
             &root,
             &boot_dir,
@@ -99,7 +110,7 @@ pub fn build(opts: &BuildOptions, steps: &Steps) -> Result<Manifest> {
     let rh = hex::decode(&root_hash)?;
 
     let cmdline = boot::cmdline(&root_hash);
-    let uki = work.join("bpi-os.efi");
+    let uki = work.join(slots::uki_name(&opts.version, None));
     steps.step("unified kernel image", || {
         boot::make_uki(
             &UkiInputs {
@@ -117,18 +128,31 @@ pub fn build(opts: &BuildOptions, steps: &Steps) -> Result<Manifest> {
 
     let esp = work.join("esp.img");
     let sdboot = efi_dir.join("systemd-bootx64.efi");
+    // Room for three UKIs: one per slot, and a third while an update writes.
     let esp_size = {
-        let need = 2 * std::fs::metadata(&sdboot)?.len() + std::fs::metadata(&uki)?.len();
-        (need * 3 / 2).div_ceil(ALIGN).max(64) * ALIGN
+        let need = 2 * std::fs::metadata(&sdboot)?.len() + 3 * std::fs::metadata(&uki)?.len();
+        (need * 5 / 4).div_ceil(ALIGN).max(64) * ALIGN
     };
     steps.step("ESP (systemd-boot + UKI)", || {
         let vol = u32::from_be_bytes(hex::decode(digest::sha256_bytes(format!("{root_hash} esp").as_bytes()))?[..4].try_into()?);
         boot::make_esp(&EspInputs { systemd_boot: &sdboot, uki: &uki, size: esp_size, volume_id: vol, epoch }, work, &esp)
     })?;
 
-    let contents = [(&esp, "bpi-esp"), (&erofs, "bpi-root"), (&hash_tree, "bpi-root-verity")];
-    let sizes: Vec<u64> = contents.iter().map(|(p, _)| std::fs::metadata(p).map(|m| m.len())).collect::<std::io::Result<_>>()?;
-    let extents = gpt::layout(&sizes);
+    for (file, max) in [(&erofs, slots::ROOT_SLOT_SIZE), (&hash_tree, slots::VERITY_SLOT_SIZE)] {
+        let len = std::fs::metadata(file)?.len();
+        anyhow::ensure!(len <= max, "{} is {len} bytes, more than its slot holds ({max}); an installed disk could not take it as an update", file.display());
+    }
+    let empty = work.join("empty");
+    std::fs::write(&empty, b"")?;
+    let (root_label, verity_label) = (slots::root_label(&opts.version), slots::verity_label(&opts.version));
+    let contents = [
+        (&esp, "bpi-esp", esp_size),
+        (&erofs, root_label.as_str(), slots::ROOT_SLOT_SIZE),
+        (&hash_tree, verity_label.as_str(), slots::VERITY_SLOT_SIZE),
+        (&empty, slots::EMPTY_LABEL, slots::ROOT_SLOT_SIZE),
+        (&empty, slots::EMPTY_LABEL, slots::VERITY_SLOT_SIZE),
+    ];
+    let extents = gpt::layout(&contents.iter().map(|c| c.2).collect::<Vec<_>>());
     let end = extents.last().map(|(o, l)| o + l).unwrap_or(ALIGN);
     let disk_size = end + DATA_RESERVE + ALIGN;
     let entry = |i: usize, type_guid: &str, guid: String, attributes: u64| Partition {
@@ -141,10 +165,14 @@ pub fn build(opts: &BuildOptions, steps: &Steps) -> Result<Manifest> {
     };
     // systemd finds the verity data and hash partitions by these UUIDs: the
     // first and second halves of the root hash (Discoverable Partitions Spec).
+    // Slot B is empty: its UUIDs name no root hash.
+    let empty_guid = |what: &str| gpt::derived_guid(format!("{root_hash} empty slot b {what}").as_bytes());
     let parts = [
         Part { entry: entry(0, types::ESP, gpt::derived_guid(format!("{root_hash} esp").as_bytes()), 0), contents: &esp },
         Part { entry: entry(1, types::ROOT_X86_64, gpt::guid_string(&rh[..16]), ATTR_READ_ONLY), contents: &erofs },
         Part { entry: entry(2, types::ROOT_X86_64_VERITY, gpt::guid_string(&rh[16..32]), ATTR_READ_ONLY), contents: &hash_tree },
+        Part { entry: entry(3, types::ROOT_X86_64, empty_guid("root"), ATTR_READ_ONLY), contents: &empty },
+        Part { entry: entry(4, types::ROOT_X86_64_VERITY, empty_guid("verity"), ATTR_READ_ONLY), contents: &empty },
     ];
     let disk_guid = gpt::derived_guid(format!("{root_hash} disk").as_bytes());
     let raw_tmp = work.join(RAW);
@@ -196,6 +224,13 @@ pub fn build(opts: &BuildOptions, steps: &Steps) -> Result<Manifest> {
                 .with_context(|| format!("moving {f} to {}", opts.out_dir.display()))?;
         }
         Ok::<_, anyhow::Error>(manifest)
+    })?;
+    steps.step("signed update bundle", || {
+        bundle::write(
+            &bundle::BundleInputs { version: &opts.version, root_hash: &root_hash, root: &erofs, verity: &hash_tree, uki: &uki, valid_secs: opts.update_valid_secs },
+            opts.update_signer,
+            &opts.out_dir.join(bundle::DIR),
+        )
     })?;
     Ok(manifest)
 }

@@ -8,13 +8,16 @@ use anyhow::Result;
 
 use crate::manifest::Manifest;
 
+/// What [`first_differing_partition`] calls the root partition.
+pub const ROOT: &str = "root";
+
 /// The first partition whose bytes differ, or None when they all match.
 /// The root is named first when it differs: its hash is on the UKI's command
 /// line and names the verity partitions, so the others differ because of it.
 pub fn first_differing_partition(a: &Manifest, b: &Manifest) -> Option<String> {
-    let root = |m: &Manifest| m.partition("bpi-root").map(|p| p.sha256.clone());
+    let root = |m: &Manifest| m.root_partition().map(|p| p.sha256.clone());
     if root(a) != root(b) {
-        return Some("bpi-root".into());
+        return Some(ROOT.into());
     }
     for (pa, pb) in a.partitions.iter().zip(&b.partitions) {
         if pa.name != pb.name || pa.offset != pb.offset || pa.size != pb.size || pa.sha256 != pb.sha256 {
@@ -86,11 +89,11 @@ mod tests {
             sha256: sha.into(),
         };
         let manifest = |esp: &str, root: &str| Manifest {
-            partitions: vec![part("bpi-esp", esp), part("bpi-root", root)],
+            partitions: vec![part("bpi-esp", esp), part("bpi-root_0", root)],
             ..serde_json::from_str(MINIMAL).unwrap()
         };
         assert_eq!(first_differing_partition(&manifest("e", "r"), &manifest("e", "r")), None);
-        assert_eq!(first_differing_partition(&manifest("e", "r"), &manifest("E", "R")).as_deref(), Some("bpi-root"));
+        assert_eq!(first_differing_partition(&manifest("e", "r"), &manifest("E", "R")).as_deref(), Some(ROOT));
         assert_eq!(first_differing_partition(&manifest("e", "r"), &manifest("E", "r")).as_deref(), Some("bpi-esp"));
     }
 

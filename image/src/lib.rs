@@ -3,6 +3,7 @@
 
 pub mod boot;
 pub mod build;
+pub mod bundle;
 pub mod compare;
 pub mod disk;
 pub mod packages;
@@ -12,4 +13,4 @@ pub mod sources;
 pub mod stage;
 pub mod verity;
 
-pub use bpi_formats::{gpt, manifest};
+pub use bpi_formats::{gpt, manifest, slots};

@@ -20,6 +20,11 @@ pub struct StageInputs<'a> {
     pub source_dir: &'a Path,
     pub version: &'a str,
     pub epoch: u64,
+    /// The signed-note verifier key of the update bundles this image trusts.
+    pub update_key: &'a str,
+    /// Test images only: bpi-drx-data fails to start, so the boot health
+    /// check fails (the update test's N+2, which must be rolled back).
+    pub break_health: bool,
 }
 
 /// Kernel and initrd taken out of /boot for the UKI.
@@ -90,8 +95,18 @@ pub fn compose(inp: &StageInputs, root: &Path, boot_out: &Path) -> Result<BootFi
     let _ = std::fs::remove_file(root.join("etc/os-release"));
     std::os::unix::fs::symlink("../usr/lib/os-release", root.join("etc/os-release"))?;
     write(&root.join(CANARY_PATH), &canary_bytes(), 0o644)?;
+    let keys = root.join(bpi_formats::update::KEY_DIRS[0].trim_start_matches('/'));
+    create_dirs(&keys, 0o755)?;
+    write(&keys.join("build.pub"), format!("{}\n", inp.update_key).as_bytes(), 0o644)?;
 
     copy_tree(inp.overlay_dir, root)?;
+    if inp.break_health {
+        write(
+            &root.join("usr/lib/systemd/system/bpi-drx-data.service.d/90-test-broken.conf"),
+            b"# Built with `cargo xtask build-image --test-break-health`: a test image whose\n# health check must fail.\n[Service]\nExecStartPre=/bin/false\n",
+            0o644,
+        )?;
+    }
     // The same embedded files and destinations `bpi-os install --root` uses.
     units::apply(&units::plan(root))?;
     let enable = units::enabled();

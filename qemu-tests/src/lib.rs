@@ -3,6 +3,7 @@
 //! and scans logs for signs of trouble. Tests live in tests/.
 
 pub mod fixtures;
+pub mod httpd;
 pub mod logscan;
 pub mod qga;
 pub mod vm;

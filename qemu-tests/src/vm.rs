@@ -42,6 +42,12 @@ pub struct VmOptions {
     pub cdrom: Option<PathBuf>,
     /// `-smbios` values (type 11 strings carry systemd credentials).
     pub smbios: Vec<String>,
+    /// A NIC on the user network that may reach the host (restrict=off):
+    /// the host's 127.0.0.1 is the gateway, 10.0.2.2, for the guest.
+    pub host_access: bool,
+    /// Let the guest reboot (no -no-reboot): QEMU keeps running across
+    /// reboots, as a machine does when its boot counter falls back.
+    pub allow_reboot: bool,
 }
 
 /// A raw file attached as a virtio disk and written in place (no overlay).
@@ -67,6 +73,8 @@ impl VmOptions {
             mac: None,
             cdrom: None,
             smbios: Vec::new(),
+            host_access: false,
+            allow_reboot: false,
         }
     }
 }
@@ -120,7 +128,11 @@ impl Machine {
         let mut cmd = Command::new("qemu-system-x86_64");
         // -no-reboot: a guest that reboots (a panic with panic=N, a failed
         // boot's reboot) ends QEMU, and the harness sees it at once.
-        cmd.args(["-machine", "q35", "-accel", &accel, "-m", "2048", "-smp", "2", "-nodefaults", "-display", "none", "-no-reboot"])
+        cmd.args(["-machine", "q35", "-accel", &accel, "-m", "2048", "-smp", "2", "-nodefaults", "-display", "none"]);
+        if !self.opts.allow_reboot {
+            cmd.arg("-no-reboot");
+        }
+        cmd
             .args(["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}")])
             .args(["-drive", &format!("if=pflash,format=raw,unit=1,file={}", self.path("vars.fd").display())])
             .args(["-drive", &format!("if=none,id=disk0,format=qcow2,file={}", self.path("disk.qcow2").display())])
@@ -145,10 +157,10 @@ impl Machine {
                 Some(child)
             }
         };
-        if self.opts.nic_udp_forward.is_none() && self.opts.ssh_forward.is_none() {
+        if self.opts.nic_udp_forward.is_none() && self.opts.ssh_forward.is_none() && !self.opts.host_access {
             cmd.args(["-nic", "none"]);
         } else {
-            let mut netdev = "user,id=net0,restrict=on".to_string();
+            let mut netdev = format!("user,id=net0,restrict={}", if self.opts.host_access { "off" } else { "on" });
             if let Some(port) = self.opts.nic_udp_forward {
                 netdev.push_str(&format!(",hostfwd=udp:127.0.0.1:{port}-10.0.2.15:{port}"));
             }

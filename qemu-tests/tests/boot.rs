@@ -22,7 +22,7 @@ fn raw() -> std::path::PathBuf {
 /// root partition; the copy lives as long as the returned directory.
 fn tampered_copy(offset: u64) -> Result<(tempfile::TempDir, std::path::PathBuf)> {
     let m = manifest()?;
-    let root = m.partition("bpi-root").context("manifest has no bpi-root")?;
+    let root = m.root_partition().context("manifest has no root partition")?;
     let dir = tempfile::tempdir()?;
     let copy = dir.path().join("tampered.raw");
     copy_image(&raw(), &copy)?;

@@ -18,6 +18,17 @@ pub struct BuildArgs {
     /// base cache, umask 077, TZ=Asia/Tokyo, C.UTF-8) and compare the bytes.
     #[arg(long)]
     pub check_reproducible: bool,
+    /// The image's version (default: the workspace's); an update test builds
+    /// N+1 with this.
+    #[arg(long, env = "BPI_OS_VERSION")]
+    pub version: Option<String>,
+    /// Where the image and its update bundle go (default: <target>/image);
+    /// its scratch directory is beside it, named <out>-work.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// For the update test only: an image whose boot health check fails.
+    #[arg(long, hide = true)]
+    pub test_break_health: bool,
 }
 
 pub fn build_image(args: &BuildArgs) -> Result<()> {
@@ -26,27 +37,31 @@ pub fn build_image(args: &BuildArgs) -> Result<()> {
     let target = buildenv::target_dir()?;
     let steps = Steps::new("build-image");
     let binary = steps.step("bpi-os release binary", build_binary)?;
-    let out = target.join("image");
-    let work = target.join("image-work");
+    let out = args.out.clone().unwrap_or_else(|| target.join("image"));
+    let work = out.with_file_name(format!("{}-work", out.file_name().and_then(|n| n.to_str()).unwrap_or("image")));
+    let signer = update_key()?;
     let opts = build::BuildOptions {
         source_dir: root.clone(),
         out_dir: out.clone(),
         work_dir: work.clone(),
         cache_dir: rootfs::default_cache_dir(),
         binary: binary.clone(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
+        version: args.version.clone().unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string()),
         mirror: args.mirror.clone(),
+        update_signer: &signer,
+        update_valid_secs: UPDATE_VALID_DAYS * 86400,
+        break_health: args.test_break_health,
     };
     let first = build::build(&opts, &steps)?;
     report(&out, &first)?;
     if args.check_reproducible {
         let second = steps.step("second build: another checkout, umask 077, TZ=Asia/Tokyo, C.UTF-8, cold cache", || {
-            second_build(&target.join("reproduce"), args.mirror.as_deref())
+            second_build(&target.join("reproduce"), args.mirror.as_deref(), &opts.version)
         })?;
         match compare::first_differing_partition(&first, &second.manifest) {
             None => progress::note(&format!("reproducible: both builds give sha256 {} for bpi-os.raw", first.disk.sha256)),
             Some(part) => {
-                let file = if part == "bpi-root" {
+                let file = if part == compare::ROOT {
                     compare::first_differing_file(&build::staged_root(&work), &build::staged_root(&second.work_dir))?
                         .map(|p| format!(", first differing file: /{}", p.display()))
                         .unwrap_or_default()
@@ -66,6 +81,21 @@ pub fn build_image(args: &BuildArgs) -> Result<()> {
     Ok(())
 }
 
+/// How long a bundle's signed metadata is valid (TUF's freeze protection).
+const UPDATE_VALID_DAYS: u64 = 30;
+
+/// The update signing key, made on first use (a development key: its
+/// public half goes into every image built here).
+pub fn update_key() -> Result<bpi_ledger::checkpoint::NoteSigner> {
+    let path = bpi_image::bundle::key_path()?;
+    let existed = path.exists();
+    let signer = bpi_ledger::store::load_or_make_key(&path, Some(bpi_image::bundle::DEV_KEY_NAME)).with_context(|| format!("the update signing key {}", path.display()))?;
+    if !existed {
+        progress::note(&format!("made a development update signing key: {} (public: {})", path.display(), signer.verifier().to_vkey()));
+    }
+    Ok(signer)
+}
+
 /// The image of a second, independent build.
 struct SecondBuild {
     manifest: bpi_image::manifest::Manifest,
@@ -77,14 +107,14 @@ struct SecondBuild {
 /// another path whose files have the modes a checkout under umask 077 gets,
 /// with its own cargo target directory and an empty base cache, by
 /// `cargo xtask build-image` run under umask 077, TZ=Asia/Tokyo and C.UTF-8.
-fn second_build(dir: &Path, mirror: Option<&str>) -> Result<SecondBuild> {
+fn second_build(dir: &Path, mirror: Option<&str>, version: &str) -> Result<SecondBuild> {
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     let source = dir.join("elsewhere/bpi-os-src");
     copy_checkout(&workspace_root(), &source)?;
     let target = dir.join("target");
-    let mut build = vec!["xtask".to_string(), "build-image".to_string()];
+    let mut build = vec!["xtask".to_string(), "build-image".to_string(), "--version".to_string(), version.to_string()];
     if let Some(m) = mirror {
         build.extend(["--mirror".to_string(), m.to_string()]);
     }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use bpi_support::{progress, skip, Cmd, Steps};
 
 use crate::{buildenv, cargo, fuzz_cmd, hosttools, image_cmd, workspace_root};
@@ -39,7 +39,7 @@ pub fn test(args: &TestArgs) -> Result<()> {
             fuzz_cmd::run(fuzz_cmd::TARGETS, fuzz_cmd::TEST_SECONDS, &steps).map(|_| ())
         })?;
         steps.step("image, built twice and compared (reproducibility)", || {
-            image_cmd::build_image(&image_cmd::BuildArgs { mirror: None, check_reproducible: true })
+            image_cmd::build_image(&image_cmd::BuildArgs { mirror: None, check_reproducible: true, version: None, out: None, test_break_health: false })
         })?;
         steps.step("QEMU end-to-end suite", || run_qemu_suite(&args.qemu, &skips))
     })();
@@ -78,15 +78,58 @@ fn report_skips(log: &Path) {
     }
 }
 
+/// The images the update test installs over the built one: N+1 (a patch
+/// version up) and N+2 (two up, built to fail its boot health check).
+fn build_update_images() -> Result<std::path::PathBuf> {
+    let dir = buildenv::target_dir()?.join("update-test");
+    let (next, broken) = next_versions(env!("CARGO_PKG_VERSION"))?;
+    for (name, version, break_health) in [("next", next, false), ("broken", broken, true)] {
+        image_cmd::build_image(&image_cmd::BuildArgs {
+            mirror: None,
+            check_reproducible: false,
+            version: Some(version),
+            out: Some(dir.join(name)),
+            test_break_health: break_health,
+        })?;
+        // Only the bundle and manifest are used; the disk images are not.
+        for f in ["bpi-os.raw", "bpi-os.qcow2"] {
+            let _ = std::fs::remove_file(dir.join(name).join(f));
+        }
+    }
+    Ok(dir)
+}
+
+/// X.Y.Z -> (X.Y.Z+1, X.Y.Z+2).
+fn next_versions(v: &str) -> Result<(String, String)> {
+    let parts: Vec<&str> = v.split('.').collect();
+    let patch: u64 = match parts.as_slice() {
+        [_, _, p] => p.parse().with_context(|| format!("version {v}: patch {p} is not a number"))?,
+        _ => anyhow::bail!("version {v} is not X.Y.Z"),
+    };
+    let base = format!("{}.{}", parts[0], parts[1]);
+    Ok((format!("{base}.{}", patch + 1), format!("{base}.{}", patch + 2)))
+}
+
 fn run_qemu_suite(args: &QemuArgs, skips: &Path) -> Result<()> {
     progress::note(&format!("QEMU suite with accel={}", args.accel));
+    let updates = build_update_images()?;
     Cmd::new(cargo())
         .args(["test", "--locked", "-p", "bpi-qemu-tests", "--", "--test-threads=1", "--nocapture"])
         .env("BPI_IMAGE_DIR", buildenv::target_dir()?.join("image"))
+        .env("BPI_UPDATE_IMAGES_DIR", &updates)
         .env("BPI_QEMU_ACCEL", &args.accel)
         .env(skip::LOG_ENV, skips)
         .current_dir(workspace_root())
         .echo()
         .run()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn update_test_versions_are_patch_bumps() {
+        assert_eq!(super::next_versions("0.1.0").unwrap(), ("0.1.1".into(), "0.1.2".into()));
+        assert!(super::next_versions("0.1").is_err());
+    }
 }

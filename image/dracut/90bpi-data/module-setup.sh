@@ -17,7 +17,7 @@ installkernel() {
 }
 
 install() {
-    inst_multiple mkfs.ext4 udevadm mkdir cp mv chmod readlink basename
+    inst_multiple mkfs.ext4 udevadm mkdir cp mv chmod readlink basename sed
     inst_simple "$moddir/40-bpi-store.conf" /usr/lib/repart.d/40-bpi-store.conf
     inst_simple "$moddir/50-bpi-data.conf" /usr/lib/repart.d/50-bpi-data.conf
     inst_simple "$moddir/repart-disk.conf" "$systemdsystemunitdir/systemd-repart.service.d/bpi-disk.conf"

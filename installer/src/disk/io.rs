@@ -23,10 +23,15 @@ pub(super) fn open_target(t: &Target) -> Result<File> {
 }
 
 /// Drops the target's cached pages so that reads come from the medium.
-pub(super) fn drop_cache(f: &File) {
+pub fn drop_cache(f: &File) {
     let _ = f.sync_all();
     // Length 0: to the end of the file or device.
     let _ = rustix::fs::fadvise(f, 0, 0, rustix::fs::Advice::DontNeed);
+}
+
+/// A second handle with O_DIRECT on any path (a partition an update writes).
+pub fn open_direct_path(path: &std::path::Path) -> Option<File> {
+    OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(path).ok()
 }
 
 /// Direct I/O alignment (the largest logical block size in use).
@@ -41,26 +46,26 @@ pub(super) fn open_direct(t: &Target) -> Option<File> {
 
 /// A buffer whose start is aligned for O_DIRECT, without unsafe code: a
 /// larger vector and the aligned window inside it.
-pub(super) struct AlignedBuf {
+pub struct AlignedBuf {
     raw: Vec<u8>,
     start: usize,
     len: usize,
 }
 
 impl AlignedBuf {
-    pub(super) fn new(len: usize) -> Self {
+    pub fn new(len: usize) -> Self {
         let raw = vec![0u8; len + ALIGN_IO];
         let start = (ALIGN_IO - raw.as_ptr() as usize % ALIGN_IO) % ALIGN_IO;
         AlignedBuf { raw, start, len }
     }
-    pub(super) fn get(&mut self, n: usize) -> &mut [u8] {
+    pub fn get(&mut self, n: usize) -> &mut [u8] {
         assert!(n <= self.len);
         &mut self.raw[self.start..self.start + n]
     }
 }
 
 /// Writes `data` at `at`: the aligned bulk directly, any unaligned tail buffered.
-pub(super) fn write_at(direct: Option<&File>, buffered: &File, data: &[u8], at: u64) -> std::io::Result<()> {
+pub fn write_at(direct: Option<&File>, buffered: &File, data: &[u8], at: u64) -> std::io::Result<()> {
     let bulk = if direct.is_some() && at.is_multiple_of(ALIGN_IO as u64) { data.len() / ALIGN_IO * ALIGN_IO } else { 0 };
     if let Some(d) = direct.filter(|_| bulk > 0) {
         d.write_all_at(&data[..bulk], at)?;
@@ -72,7 +77,7 @@ pub(super) fn write_at(direct: Option<&File>, buffered: &File, data: &[u8], at: 
 }
 
 /// Reads into `buf` from `at`, as [`write_at`] writes.
-pub(super) fn read_at(direct: Option<&File>, buffered: &File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+pub fn read_at(direct: Option<&File>, buffered: &File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
     let bulk = if direct.is_some() && at.is_multiple_of(ALIGN_IO as u64) { buf.len() / ALIGN_IO * ALIGN_IO } else { 0 };
     if let Some(d) = direct.filter(|_| bulk > 0) {
         d.read_exact_at(&mut buf[..bulk], at)?;

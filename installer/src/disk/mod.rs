@@ -17,7 +17,7 @@
 //! Completed steps are recorded in a state file; a re-run with the same image
 //! and disk skips them (the partial body write resumes where it stopped).
 
-mod io;
+pub mod io;
 mod plan;
 mod state;
 mod store_device;

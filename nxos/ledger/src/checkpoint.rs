@@ -92,11 +92,19 @@ impl NoteSigner {
 
     /// The checkpoint as a signed note.
     pub fn sign(&self, cp: &Checkpoint) -> String {
-        let body = cp.body();
+        self.sign_text(&cp.body()).expect("a checkpoint body is one line per field")
+    }
+
+    /// Any text as a signed note (update metadata uses this too). The text
+    /// must end with a newline and hold no blank line (the note's separator).
+    pub fn sign_text(&self, body: &str) -> Result<String> {
+        if !body.ends_with('\n') || body.contains("\n\n") || body.trim().is_empty() {
+            return Err(LedgerError::BadData("a signed note's text must be non-empty, end with a newline and hold no blank line".into()));
+        }
         let sig: Signature = self.key.sign(body.as_bytes());
         let mut blob = key_hash(&self.name, self.key.verifying_key().as_bytes()).to_vec();
         blob.extend_from_slice(&sig.to_bytes());
-        format!("{body}\n{DASH}{} {}\n", self.name, B64.encode(blob))
+        Ok(format!("{body}\n{DASH}{} {}\n", self.name, B64.encode(blob)))
     }
 }
 
@@ -126,9 +134,9 @@ impl NoteVerifier {
         Ok(NoteVerifier { name: name.to_string(), key })
     }
 
-    /// Parses and checks a signed checkpoint; `Err` says what is wrong.
-    pub fn verify(&self, note: &str) -> Result<Checkpoint> {
-        let bad = |why: String| LedgerError::BadData(format!("checkpoint: {why}"));
+    /// Checks a signed note's signature by this key and returns its text.
+    pub fn open(&self, note: &str) -> Result<String> {
+        let bad = |why: String| LedgerError::BadData(why);
         let (body, sigs) = note.split_once("\n\n").ok_or_else(|| bad("no blank line before the signatures".into()))?;
         let body = format!("{body}\n");
         let want_hash = key_hash(&self.name, self.key.as_bytes());
@@ -149,6 +157,13 @@ impl NoteVerifier {
         if !signed {
             return Err(bad(format!("not signed by {}", self.to_vkey())));
         }
+        Ok(body)
+    }
+
+    /// Parses and checks a signed checkpoint; `Err` says what is wrong.
+    pub fn verify(&self, note: &str) -> Result<Checkpoint> {
+        let bad = |why: String| LedgerError::BadData(format!("checkpoint: {why}"));
+        let body = self.open(note).map_err(|e| bad(e.to_string()))?;
         let mut lines = body.lines();
         let origin = lines.next().unwrap_or_default().to_string();
         let size = lines

@@ -182,6 +182,26 @@ impl LedgerPlugin for DrxPlugin {
     }
 }
 
+/// The operating system's own changes: updates ("update": a version
+/// written, activated or rolled back to) and boot health checks ("health").
+pub struct SystemPlugin;
+
+impl LedgerPlugin for SystemPlugin {
+    fn name(&self) -> &str {
+        "system-plugin"
+    }
+    fn categories(&self) -> Vec<String> {
+        ["update", "health"].map(String::from).to_vec()
+    }
+    fn validate_data(&self, category: &str, d: &Value) -> Result<(), String> {
+        text(d, "version", true)?;
+        if category == "health" && !d.get("healthy").is_some_and(Value::is_boolean) {
+            return Err("\"healthy\" must be true or false".into());
+        }
+        Ok(())
+    }
+}
+
 /// The plugins in force, by category.
 pub struct Plugins {
     list: Vec<Box<dyn LedgerPlugin>>,
@@ -189,7 +209,7 @@ pub struct Plugins {
 
 impl Default for Plugins {
     fn default() -> Self {
-        Plugins { list: vec![Box::new(NetworkPlugin), Box::new(SettingsPlugin), Box::new(UserPlugin), Box::new(StoragePlugin), Box::new(DrxPlugin)] }
+        Plugins { list: vec![Box::new(NetworkPlugin), Box::new(SettingsPlugin), Box::new(UserPlugin), Box::new(StoragePlugin), Box::new(DrxPlugin), Box::new(SystemPlugin)] }
     }
 }
 
@@ -223,6 +243,15 @@ impl Plugins {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn updates_and_health_name_a_version() {
+        let p = Plugins::default();
+        assert_eq!(p.prepare("update", r#"{"version":"0.2.0","step":"written"}"#).unwrap()[0].0, "system-plugin");
+        assert!(p.prepare("update", r#"{"step":"written"}"#).is_err());
+        assert!(p.prepare("health", r#"{"version":"0.2.0"}"#).is_err());
+        assert!(p.prepare("health", r#"{"version":"0.2.0","healthy":false}"#).is_ok());
+    }
 
     #[test]
     fn the_seed_example_is_accepted_as_network_and_as_bridge() {

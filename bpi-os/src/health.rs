@@ -1,0 +1,118 @@
+//! `bpi-os health`: is this boot what a bpi-os node must be? With `--boot`
+//! (bpi-health.service), the result is recorded in the ledger and on the
+//! data partition; a healthy boot blesses its UKI, and a failed boot of a
+//! version that still has tries reboots, so systemd-boot can count it and
+//! fall back on its own.
+
+use std::path::Path;
+
+use anyhow::Result;
+use bpi_ledger::{store, verify};
+use bpi_support::exit::Failure;
+use bpi_support::record::Recorder;
+use bpi_support::{progress, Cmd};
+use bpi_update::health::{self, Check, Report, UnitState};
+use bpi_update::{apply, esp};
+use clap::Args;
+use serde_json::json;
+
+use crate::output::Json;
+
+#[derive(Args)]
+pub struct HealthArgs {
+    /// Run as bpi-health.service does: record the result, bless this version's boot entry when healthy, reboot when not and it has tries left.
+    #[arg(long)]
+    boot: bool,
+    #[command(flatten)]
+    json: Json,
+}
+
+pub fn run(args: HealthArgs) -> Result<()> {
+    let version = apply::running_version()?;
+    let checks = gather();
+    let dir = Path::new(health::HEALTH_DIR);
+    let earlier = health::load(dir, &version);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let report = Report::new(&version, checks, now, earlier.as_ref());
+    let mut blessed = None;
+    let mut rebooting = false;
+    if args.boot {
+        if let Err(e) = health::save(dir, &report) {
+            progress::note(&format!("could not write the health report to {}: {e:#}", dir.display()));
+        }
+        let recorder = bpi_ledger::service::LedgerRecorder::new(None);
+        let data = json!({"version": version, "healthy": report.healthy, "failed": report.reasons(), "failed_boots": report.failed_boots});
+        progress::log(&format!("ledger: {}", recorder.record("health", if report.healthy { "health-passed" } else { "health-failed" }, &data)));
+        let esp_dir = esp::find().ok();
+        let counted = esp_dir.as_deref().and_then(|d| esp::entries(d).ok()).is_some_and(|es| es.iter().any(|e| e.version == version && e.tries_left.is_some()));
+        if report.healthy {
+            if let Some(d) = &esp_dir {
+                blessed = esp::bless(d, &version)?;
+                if let Some(name) = &blessed {
+                    progress::log(&format!("ledger: {}", recorder.record("update", "update-blessed", &json!({"version": version, "step": "blessed", "uki": name}))));
+                }
+            }
+        } else {
+            rebooting = counted;
+        }
+    }
+    if args.json.on() {
+        args.json.print(&json!({"report": report, "blessed": blessed, "rebooting": rebooting}))?;
+    } else {
+        for c in &report.checks {
+            println!("{} {}: {}", if c.ok { "ok  " } else { "FAIL" }, c.name, c.detail);
+        }
+        println!("{}", if report.healthy { format!("bpi-os {version} is healthy") } else { format!("bpi-os {version} is NOT healthy") });
+        if let Some(b) = &blessed {
+            println!("boot entry blessed: {b}");
+        }
+    }
+    if !report.healthy {
+        if rebooting {
+            // The entry has tries left: reboot so systemd-boot counts this
+            // failed try, and after the last one boots the previous version.
+            progress::note(&format!("bpi-os {version} failed its health check; rebooting so the boot counter falls back if it keeps failing"));
+            Cmd::new("systemctl").arg("reboot").run()?;
+        }
+        return Err(Failure::CheckFailed(format!("bpi-os {version} failed its health check: {}", report.reasons())).into());
+    }
+    Ok(())
+}
+
+fn gather() -> Vec<Check> {
+    let mut checks = Vec::new();
+    let verity = Cmd::new("veritysetup").args(["status", "root"]).output().ok();
+    let v = crate::status::parse_verity(verity.as_deref());
+    checks.push(Check {
+        name: "verity root".into(),
+        ok: v.active && v.state.as_deref().is_none_or(|s| s == "verified"),
+        detail: match (v.active, v.state) {
+            (true, Some(s)) => s,
+            (true, None) => "active".into(),
+            _ => "the root is not on an active dm-verity device".into(),
+        },
+    });
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let data = crate::status::find_mount(&mountinfo, "/bpi/data");
+    checks.push(Check { name: "data partition".into(), ok: data.is_some(), detail: data.map_or("not mounted at /bpi/data".into(), |m| format!("{} on {}", m.fstype, m.source)) });
+    let witness = store::witness_path(Path::new(store::DEFAULT_KEY));
+    let ledger = verify::verify(Path::new(store::DEFAULT_DIR), None, Some(&witness));
+    checks.push(match ledger {
+        Ok(r) => Check { name: "ledger".into(), ok: r.ok, detail: if r.ok { "verifies".into() } else { r.render().lines().last().unwrap_or("does not verify").to_string() } },
+        Err(e) => Check { name: "ledger".into(), ok: false, detail: format!("{e:#}") },
+    });
+    // Every unit the preset enables but this one (running while it checks).
+    for unit in bpi_formats::units::enabled().into_iter().filter(|u| u != "bpi-health.service") {
+        checks.push(match unit_state(&unit) {
+            Ok(u) => health::unit_check(&u),
+            Err(e) => Check { name: unit.clone(), ok: false, detail: format!("{e:#}") },
+        });
+    }
+    checks
+}
+
+fn unit_state(unit: &str) -> Result<UnitState> {
+    let out = Cmd::new("systemctl").args(["show", "--property=ActiveState,Type,ConditionResult", unit]).output()?;
+    let get = |k: &str| out.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).unwrap_or("").to_string();
+    Ok(UnitState { unit: unit.to_string(), active_state: get("ActiveState"), service_type: get("Type"), condition_met: get("ConditionResult") != "no" })
+}

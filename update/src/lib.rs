@@ -1,0 +1,12 @@
+//! A/B updates (docs/updates.md). [`fetch`] brings a bundle's signed
+//! metadata and files into a download directory (resuming, sizes enforced),
+//! [`keys`] checks the signature, [`slots`] reads the boot disk's slots and
+//! plans what an update changes (pure), [`apply`] carries the plan out, and
+//! [`esp`] handles the UKIs systemd-boot counts tries on.
+
+pub mod apply;
+pub mod esp;
+pub mod fetch;
+pub mod health;
+pub mod keys;
+pub mod slots;
