@@ -48,6 +48,9 @@ pub enum UpdateCommand {
         /// Reboot into the new version once it is installed.
         #[arg(long)]
         reboot: bool,
+        /// When the version offered is the running one, say so and exit 0 (bpi-update.service runs with this).
+        #[arg(long)]
+        if_newer: bool,
         #[command(flatten)]
         json: Json,
     },
@@ -72,7 +75,7 @@ pub enum UpdateCommand {
 pub fn run(cmd: UpdateCommand) -> Result<()> {
     match cmd {
         UpdateCommand::Check { from, json } => check(&from, json),
-        UpdateCommand::Apply { from, dry_run, reboot, json } => apply_cmd(&from, dry_run, reboot, json),
+        UpdateCommand::Apply { from, dry_run, reboot, if_newer, json } => apply_cmd(&from, dry_run, reboot, if_newer, json),
         UpdateCommand::Status { json } => {
             let s = status()?;
             if json.on() {
@@ -124,7 +127,7 @@ fn check(from: &FromArgs, json: Json) -> Result<()> {
             println!("{} offers bpi-os {} (running {}); it would go to slot {}", o.source, o.metadata.version, o.running_version, o.target_slot);
             Ok(())
         }
-        Err(e) if e.to_string().contains("is the running version") => {
+        Err(e) if is_same(&e) => {
             if json.on() {
                 return json.print(&json!({"update": false, "running": running}));
             }
@@ -135,10 +138,24 @@ fn check(from: &FromArgs, json: Json) -> Result<()> {
     }
 }
 
-fn apply_cmd(from: &FromArgs, dry_run: bool, reboot: bool, json: Json) -> Result<()> {
+/// The refusal that means "nothing newer": the offer is the running version.
+fn is_same(e: &anyhow::Error) -> bool {
+    e.to_string().contains(" is the running version")
+}
+
+fn apply_cmd(from: &FromArgs, dry_run: bool, reboot: bool, if_newer: bool, json: Json) -> Result<()> {
     let mut disk = BootDisk::find()?;
     let running = apply::running_version()?;
-    let o = offer(from, &disk, &running)?;
+    let o = match offer(from, &disk, &running) {
+        Err(e) if if_newer && is_same(&e) => {
+            if json.on() {
+                return json.print(&json!({"update": false, "running": running}));
+            }
+            println!("up to date: {running} is the version offered");
+            return Ok(());
+        }
+        r => r?,
+    };
     let plan = apply::describe(&o);
     if dry_run {
         if json.on() {
@@ -163,17 +180,19 @@ fn apply_cmd(from: &FromArgs, dry_run: bool, reboot: bool, json: Json) -> Result
         "uki": applied.uki,
         "bytes_written": applied.bytes_written,
         "write_seconds": applied.write_seconds,
+        "verify_seconds": applied.verify_seconds,
         "reboot": reboot,
     });
     if json.on() {
         json.print(&result)?;
     } else {
         println!(
-            "installed bpi-os {} in slot {} ({} bytes written and read back in {:.1} s); the next boot runs it, {} tries before falling back to {}",
+            "installed bpi-os {} in slot {} ({} bytes written in {:.1} s, read back and checked in {:.1} s); the next boot runs it, {} tries before falling back to {}",
             o.metadata.version,
             applied.slot,
             applied.bytes_written,
             applied.write_seconds,
+            applied.verify_seconds,
             bpi_formats::slots::TRIES,
             running
         );

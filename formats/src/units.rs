@@ -20,6 +20,8 @@ pub const FILES: &[(&str, &str)] = &[
     ("bpi-store-init.service", include_str!("../../units/bpi-store-init.service")),
     ("bpi-store.service", include_str!("../../units/bpi-store.service")),
     ("bpi-sysusers.conf", include_str!("../../units/bpi-sysusers.conf")),
+    ("bpi-update.service", include_str!("../../units/bpi-update.service")),
+    ("bpi-update.timer", include_str!("../../units/bpi-update.timer")),
     ("dbus/org.bpi.os.Control1.conf", include_str!("../../units/dbus/org.bpi.os.Control1.conf")),
     ("dbus/org.bpi.os.Ledger1.conf", include_str!("../../units/dbus/org.bpi.os.Ledger1.conf")),
     ("tmp.mount", include_str!("../../units/tmp.mount")),

@@ -12,6 +12,9 @@ const BOUNDS: &[(&str, f64, &str)] = &[
     ("bpi-drx-control.service", 1.0, ""),
     ("bpi-drx-data.service", 2.0, ""),
     ("bpi-health.service", 2.0, ""),
+    // Downloads (the network) and writes the inactive slot's raw partitions,
+    // the partition table and the ESP as root.
+    ("bpi-update.service", 3.0, "downloads and writes raw partitions"),
     // Both mount the store into the host's namespace and drive cryptsetup and
     // the TPM2 on raw devices: no private namespaces, root, full /dev
     // (the floor is explained in the units).

@@ -256,7 +256,10 @@ fn bad_provisioning_fails_closed_and_says_where() -> Result<()> {
         ensure!(state == "degraded", "{what}: system state {state}, expected degraded by the refused provisioning");
         let failed = vm.sh("systemctl --failed --no-legend --plain")?;
         let failed: Vec<&str> = failed.lines().filter_map(|l| l.split_whitespace().next()).collect();
-        ensure!(failed == ["bpi-provision.service"], "{what}: failed units {failed:?}");
+        // The boot health check fails with it, naming it (docs/updates.md).
+        ensure!(failed == ["bpi-health.service", "bpi-provision.service"], "{what}: failed units {failed:?}");
+        let health = json(&vm, "bpi-os update status --json")?;
+        ensure!(health["health"]["healthy"] == false && health["health"]["checks"].to_string().contains("bpi-provision.service"), "{what}: health {}", health["health"]);
         for unit in ["ssh.service", "bpi-drx-data.service", "bpi-drx-control.service"] {
             let active = vm.sh_any(&format!("systemctl is-active {unit}"))?.stdout;
             ensure!(active.trim() != "active", "{what}: {unit} started although provisioning was refused");

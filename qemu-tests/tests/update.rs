@@ -221,10 +221,12 @@ fn updates_ab_with_boot_counting_and_rollback() -> Result<()> {
     let json_start = out.find("{\n").context("no JSON from apply")?;
     let applied: Value = serde_json::from_str(&out[json_start..])?;
     let write_secs = applied["write_seconds"].as_f64().context("write_seconds")?;
+    let verify_secs = applied["verify_seconds"].as_f64().context("verify_seconds")?;
     eprintln!(
-        "FIGURE update apply, download excluded: {write_secs:.1}s to write and read back {} bytes; dd of the same bytes: {dd_secs:.1}s; ratio {:.2}",
+        "FIGURE update apply, download excluded: {} bytes written in {write_secs:.1}s (dd of the same bytes to the same partitions: {dd_secs:.1}s, ratio {:.2}), read back and hashed in {verify_secs:.1}s (write + check vs dd: ratio {:.2})",
         applied["bytes_written"],
-        write_secs / dd_secs
+        write_secs / dd_secs,
+        (write_secs + verify_secs) / dd_secs
     );
     let st = status(&vm)?;
     ensure!(st["slots"][1]["version"] == n1.version.as_str(), "slot B after apply: {st}");
@@ -250,6 +252,12 @@ fn updates_ab_with_boot_counting_and_rollback() -> Result<()> {
         ensure!(ledger.contains(&format!("\"{action}\"")), "the ledger has no {action}");
     }
     ensure!(ledger.contains(&n1.version), "the ledger does not name {}", n1.version);
+    // Nothing newer: up to date (what bpi-update.service runs), and the timer off by default.
+    for cmd in [format!("bpi-os update check --from {}", url("next")), format!("bpi-os update apply --if-newer --from {}", url("next"))] {
+        let out = vm.sh(&cmd)?;
+        ensure!(out.contains("up to date"), "{cmd}: {out}");
+    }
+    ensure!(vm.sh_any("systemctl is-enabled bpi-update.timer")?.stdout.trim() == "disabled", "bpi-update.timer is enabled by default");
 
     // Rollback on purpose: back to N (slot A), then forward to N+1 again.
     let (c, out) = (0, vm.sh("bpi-os update rollback --dry-run")?);
