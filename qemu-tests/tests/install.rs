@@ -101,9 +101,13 @@ fn installs_onto_a_second_disk_by_id_and_that_disk_boots_alone() -> Result<()> {
     )?;
     ensure!(no_tpm.code == 0, "install without TPM2 failed: {}", no_tpm.stdout);
     ensure!(!no_tpm.stdout.contains("shown once"), "the key was shown though a file was named: {}", no_tpm.stdout);
-    vm.sh("udevadm settle; cryptsetup open --key-file /run/store.key /dev/disk/by-id/virtio-bpi-scratch-part4 scratch-store")?;
+    // The store partition follows the image's (ESP and two slots): found by its label on that disk.
+    let part = vm.sh("udevadm settle; lsblk -nro PATH,PARTLABEL /dev/disk/by-id/virtio-bpi-scratch | awk '$2 == \"bpi-store\" { print $1 }'")?;
+    let part = part.trim();
+    ensure!(part.starts_with("/dev/"), "no bpi-store partition on the scratch disk: {part:?}");
+    vm.sh(&format!("cryptsetup open --key-file /run/store.key {part} scratch-store"))?;
     vm.sh("mkfs.ext4 -q /dev/mapper/scratch-store && mount /dev/mapper/scratch-store /media && echo ok > /media/t && umount /media && cryptsetup close scratch-store")?;
-    let wrong = vm.sh_any("printf wrong > /run/wrong.key; cryptsetup open --test-passphrase --key-file /run/wrong.key /dev/disk/by-id/virtio-bpi-scratch-part4")?;
+    let wrong = vm.sh_any(&format!("printf wrong > /run/wrong.key; cryptsetup open --test-passphrase --key-file /run/wrong.key {part}"))?;
     ensure!(wrong.code != 0, "a wrong key opened the store");
     vm.check_logs()?;
     vm.poweroff()?;
@@ -135,6 +139,10 @@ fn installs_onto_a_second_disk_by_id_and_that_disk_boots_alone() -> Result<()> {
     let store: serde_json::Value = serde_json::from_str(&vm.sh("bpi-os store status --json")?)?;
     ensure!(store["tpm2_enrolled"] == true && store["mounted"] == true, "store on the installed disk: {store}");
     ensure!(vm.sh("findmnt -no SOURCE /bpi/data/encrypted")?.trim() == "/dev/mapper/bpi-store");
+    // The A/B slots as the image lays them out: A runs, B is empty for the
+    // first update, and the boot health check passed (docs/updates.md).
+    let st: serde_json::Value = serde_json::from_str(&vm.sh("bpi-os update status --json")?)?;
+    ensure!(st["running_slot"] == "a" && st["slots"][1]["version"].is_null() && st["health"]["healthy"] == true, "slots on the installed disk: {st}");
     vm.sh("echo installed > /bpi/data/bpi-install-test && echo secret > /bpi/data/encrypted/bpi-install-test && sync")?;
     vm.poweroff()?;
     let mut vm = installed.start(2)?;
