@@ -131,6 +131,11 @@ impl Machine {
         cmd.args(["-machine", "q35", "-accel", &accel, "-m", "2048", "-smp", "2", "-nodefaults", "-display", "none"]);
         if !self.opts.allow_reboot {
             cmd.arg("-no-reboot");
+        } else {
+            // Let the ICH9 TCO watchdog reset the machine, as a real board's
+            // does: systemd-shutdown arms it (10 min) before rebooting, and a
+            // guest that hangs in shutdown then comes back by itself.
+            cmd.args(["-global", "ICH9-LPC.noreboot=false"]);
         }
         cmd
             .args(["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}")])
