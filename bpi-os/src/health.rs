@@ -32,8 +32,7 @@ pub fn run(args: HealthArgs) -> Result<()> {
     let checks = gather();
     let dir = Path::new(health::HEALTH_DIR);
     let earlier = health::load(dir, &version);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let report = Report::new(&version, checks, now, earlier.as_ref());
+    let report = Report::new(&version, checks, crate::update::now(), earlier.as_ref());
     let mut blessed = None;
     let mut rebooting = false;
     if args.boot {

@@ -100,7 +100,7 @@ fn source(from: &FromArgs) -> Result<Source> {
     Source::parse(&text)
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 

@@ -283,7 +283,7 @@ fn write_partition(src: &Path, dev: &Path, size: u64, steps: &Steps) -> Result<(
 fn read_back(dev: &Path, size: u64) -> Result<String> {
     let f = File::open(dev)?;
     io::drop_cache(&f);
-    let direct = std::fs::OpenOptions::new().read(true).custom_flags_direct().open(dev).ok();
+    let direct = io::open_direct_path(dev);
     let mut buf = AlignedBuf::new(CHUNK);
     let mut h = Sha256::new();
     let mut at = 0u64;
@@ -295,17 +295,6 @@ fn read_back(dev: &Path, size: u64) -> Result<String> {
         at += n as u64;
     }
     Ok(hex::encode(h.finalize()))
-}
-
-trait DirectOpen {
-    fn custom_flags_direct(&mut self) -> &mut Self;
-}
-
-impl DirectOpen for std::fs::OpenOptions {
-    fn custom_flags_direct(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_DIRECT)
-    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! resumed from where an interrupted run stopped, never more bytes than the
 //! signed metadata says, and checked against its sha256 before use.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,7 +11,6 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use bpi_formats::update::{BundleFile, METADATA, METADATA_MAX};
 use bpi_support::Steps;
-use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -122,7 +121,7 @@ impl Source {
         if got < file.size {
             bail!("{} ended after {got} of {} bytes (truncated); run again to resume", file.name, file.size);
         }
-        let sha = sha256_of(&part)?;
+        let sha = bpi_support::digest::sha256_file(&part)?;
         if sha != file.sha256 {
             let _ = std::fs::remove_file(&part);
             bail!("{}: sha256 {sha} is not the signed {}: the file was altered or corrupted, and is deleted", file.name, file.sha256);
@@ -130,13 +129,6 @@ impl Source {
         std::fs::rename(&part, &done)?;
         Ok(done)
     }
-}
-
-fn sha256_of(p: &Path) -> Result<String> {
-    let mut f = File::open(p)?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(hex::encode(h.finalize()))
 }
 
 #[cfg(test)]
