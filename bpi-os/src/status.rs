@@ -105,7 +105,7 @@ pub fn run(json: Json) -> Result<()> {
     let status = Status {
         version: bpi_update::apply::running_version().unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_string()),
         binary_version: env!("CARGO_PKG_VERSION").to_string(),
-        root_hash: root_hash(&cmdline),
+        root_hash: bpi_update::apply::root_hash_of_cmdline(&cmdline),
         root: find_mount(&mountinfo, "/"),
         verity: parse_verity(verity_out.as_deref()),
         data: DataPartition { mounted: data_mount.is_some(), mount: data_mount, size_bytes: size, free_bytes: free },
@@ -161,10 +161,6 @@ pub fn run(json: Json) -> Result<()> {
     Ok(())
 }
 
-pub fn root_hash(cmdline: &str) -> Option<String> {
-    cmdline.split_whitespace().find_map(|w| w.strip_prefix("roothash=")).map(str::to_string)
-}
-
 /// The last mount at `target` in /proc/self/mountinfo (the one in effect).
 pub fn find_mount(mountinfo: &str, target: &str) -> Option<Mount> {
     mountinfo
@@ -217,8 +213,6 @@ mod tests {
 
     #[test]
     fn reads_root_hash_and_verity() {
-        assert_eq!(root_hash("ro roothash=abc quiet").as_deref(), Some("abc"));
-        assert_eq!(root_hash("ro"), None);
         let v = parse_verity(Some("/dev/mapper/root is active and is in use.\n  type:        VERITY\n  status:      verified\n"));
         assert_eq!(v, Verity { active: true, state: Some("verified".into()) });
         assert!(!parse_verity(Some("/dev/mapper/root is inactive.\n")).active);

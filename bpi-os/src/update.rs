@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::output::Json;
 
 /// The update source when none is given: one line, a URL or a directory.
-pub const SOURCE_FILE: &str = "/etc/bpi-os/update-source";
+pub use bpi_formats::update::SOURCE_FILE;
 
 #[derive(Args, Clone, Debug)]
 pub struct FromArgs {
@@ -72,7 +72,20 @@ pub enum UpdateCommand {
     },
 }
 
+/// Writing slots and the ESP needs root; say so before downloading anything.
+fn needs_root(what: &str) -> Result<()> {
+    if !bpi_support::host::is_root() {
+        bail!("bpi-os update {what} writes the disk's inactive slot and the ESP: run it as root (or with --dry-run)");
+    }
+    Ok(())
+}
+
 pub fn run(cmd: UpdateCommand) -> Result<()> {
+    match &cmd {
+        UpdateCommand::Apply { dry_run: false, .. } => needs_root("apply")?,
+        UpdateCommand::Rollback { dry_run: false, .. } => needs_root("rollback")?,
+        _ => {}
+    }
     match cmd {
         UpdateCommand::Check { from, json } => check(&from, json),
         UpdateCommand::Apply { from, dry_run, reboot, if_newer, json } => apply_cmd(&from, dry_run, reboot, if_newer, json),
@@ -214,7 +227,14 @@ pub struct UpdateStatus {
     /// Versions that failed their health check, with why.
     pub failed: Vec<Failed>,
     pub health: Option<health::Report>,
+    /// The line in /etc/bpi-os/update-source, if any.
+    pub source: Option<String>,
+    /// bpi-update.timer is enabled: updates are installed unattended.
+    pub automatic: bool,
 }
+
+/// The link `systemctl enable bpi-update.timer` makes.
+const TIMER_WANTS: &str = "/etc/systemd/system/timers.target.wants/bpi-update.timer";
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Failed {
@@ -257,6 +277,8 @@ pub fn status() -> Result<UpdateStatus> {
         entries,
         failed,
         running_version: running,
+        source: std::fs::read_to_string(SOURCE_FILE).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()),
+        automatic: Path::new(TIMER_WANTS).symlink_metadata().is_ok(),
     })
 }
 
@@ -284,6 +306,11 @@ pub fn print_status(s: &UpdateStatus) {
     for f in &s.failed {
         println!("failed:     {} ({} failed boot(s){}): {}", f.version, f.failed_boots, if f.out_of_tries { ", out of tries" } else { "" }, f.reasons);
     }
+    println!(
+        "source:     {}; {}",
+        s.source.as_deref().unwrap_or("none (give --from, or provision bpi_update)"),
+        if s.automatic { "unattended (bpi-update.timer enabled)" } else { "updates only when asked" }
+    );
 }
 
 fn rollback(dry_run: bool, reboot: bool, json: Json) -> Result<()> {

@@ -21,6 +21,34 @@ pub const UKI_MAX: u64 = 128 << 20;
 /// Where an image carries the public keys it trusts for updates (signed-note
 /// verifier keys, one per `*.pub` file); an operator adds theirs under /etc.
 pub const KEY_DIRS: [&str; 2] = ["/usr/lib/bpi-os/update-keys", "/etc/bpi-os/update-keys"];
+/// The node's update source (one line: an http(s):// URL or a directory),
+/// written by the operator or by provisioning (`bpi_update:`).
+pub const SOURCE_FILE: &str = "/etc/bpi-os/update-source";
+/// The timer that runs `bpi-update.service` (unattended updates); off until
+/// enabled.
+pub const TIMER: &str = "bpi-update.timer";
+
+/// Checks an update source as `bpi-os update` reads it: an http:// or
+/// https:// URL with a host, or an absolute directory path; one line.
+pub fn check_source(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{s:?} is not an update source: one URL or path, without spaces"));
+    }
+    if let Some(rest) = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://")) {
+        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if host.is_empty() || host.starts_with(':') {
+            return Err(format!("{s}: the URL names no host"));
+        }
+        return Ok(());
+    }
+    if s.contains("://") {
+        return Err(format!("{s}: only http://, https:// and directories are update sources"));
+    }
+    if !s.starts_with('/') {
+        return Err(format!("{s}: a directory source must be an absolute path"));
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -180,6 +208,17 @@ impl Metadata {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sources_are_urls_with_a_host_or_absolute_directories() {
+        for ok in ["https://updates.example.net/bpi-os", "http://10.0.2.2:8080/next/", "/srv/bpi-os/update"] {
+            assert_eq!(check_source(ok), Ok(()), "{ok}");
+        }
+        for (bad, says) in [("", "not an update source"), ("https://", "no host"), ("http://:80/x", "no host"), ("ftp://h/x", "only http"), ("updates/next", "absolute"), ("https://h/a b", "without spaces")] {
+            let e = check_source(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
 
     pub fn sample() -> Metadata {
         let f = |role, name: &str, size| BundleFile { role, name: name.into(), size, sha256: "0".repeat(64) };

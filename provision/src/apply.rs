@@ -10,6 +10,8 @@ use anyhow::{Context, Result};
 use bpi_support::record::Recorder;
 use bpi_support::Cmd;
 
+use bpi_formats::update::{SOURCE_FILE, TIMER};
+
 use crate::plan::{Action, NM_DIR};
 
 /// Where the actions land: "/" on a node; a directory in tests (then only
@@ -94,6 +96,15 @@ pub fn apply(t: &Target, a: &Action, recorder: &dyn Recorder) -> Result<String> 
             }
         }
         Action::ConfigFile { path, mode, content, .. } => write_atomic(&t.path(path), content, *mode)?,
+        Action::UpdateSource { source } => write_atomic(&t.path(SOURCE_FILE), format!("{source}\n").as_bytes(), 0o644)?,
+        Action::UpdateTimer { enable } => {
+            // The wants link under /etc (the overlay's upper layer, kept across
+            // updates); started without waiting, as this runs inside boot.
+            let (verb, now) = if *enable { ("enable", "start") } else { ("disable", "stop") };
+            anyhow::ensure!(t.root == Path::new("/"), "{TIMER} is {verb}d on the running system only");
+            Cmd::new("systemctl").args([verb, "--no-reload", TIMER]).run()?;
+            Cmd::new("systemctl").args([now, "--no-block", TIMER]).run()?;
+        }
     }
     let (category, action, data) = a.record();
     Ok(recorder.record(category, action, &data))
@@ -116,6 +127,7 @@ mod tests {
             Action::Connection { id: "bpi-eth0".into(), path: format!("{NM_DIR}/bpi-eth0.nmconnection"), content: "[connection]\n".into() },
             Action::RemoveOtherConnections { keep: vec!["bpi-eth0.nmconnection".into()] },
             Action::ConfigFile { path: "/bpi/config/system/x.toml".into(), mode: 0o640, sha256: String::new(), bytes: 2, content: b"a\n".to_vec() },
+            Action::UpdateSource { source: "https://updates.example.net/bpi-os".into() },
         ];
         for a in &actions {
             apply(&target, a, &bpi_support::record::NotRecorded).unwrap();
@@ -126,5 +138,8 @@ mod tests {
         let mode = std::fs::metadata(nm.join("bpi-eth0.nmconnection")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "NetworkManager ignores keyfiles others can read");
         assert_eq!(std::fs::read(t.path().join("bpi/config/system/x.toml")).unwrap(), b"a\n");
+        assert_eq!(std::fs::read_to_string(t.path().join("etc/bpi-os/update-source")).unwrap(), "https://updates.example.net/bpi-os\n");
+        let timer = apply(&target, &Action::UpdateTimer { enable: true }, &bpi_support::record::NotRecorded).unwrap_err();
+        assert!(timer.to_string().contains("running system only"), "{timer}");
     }
 }

@@ -89,6 +89,7 @@ pub fn check(docs: &Documents) -> Checked {
         users: if docs.user_data.is_none() && docs.vendor_data.is_none() { Vec::new() } else { users },
         network: net,
         files,
+        update: user.update.clone().or(vendor.update.clone()),
     };
     Checked {
         source: docs.source.clone(),
@@ -156,6 +157,29 @@ mod tests {
         assert!(c.errors[0].message.contains("plain-text passwords are refused"), "{:?}", c.errors);
         let c = check(&docs("#cloud-config\nwrite_files:\n  - path: /bpi/config/../etc/x\n"));
         assert!(!c.ok());
+    }
+
+    #[test]
+    fn bpi_update_names_a_source_and_turns_unattended_updates_on() {
+        let c = check(&docs("#cloud-config\nbpi_update:\n  source: https://updates.example.net/bpi-os/\n"));
+        assert!(c.ok(), "{:?}", c.errors);
+        assert_eq!(c.settings.update, Some(crate::settings::Update { source: "https://updates.example.net/bpi-os/".into(), automatic: true }));
+        let c = check(&docs("#cloud-config\nbpi_update:\n  source: /srv/updates\n  automatic: false\n"));
+        assert_eq!(c.settings.update.map(|u| u.automatic), Some(false));
+        for (ud, line, says) in [
+            ("bpi_update: https://x/\n", 2, "must be a mapping"),
+            ("bpi_update:\n  automatic: true\n", 3, "needs source"),
+            ("bpi_update:\n  source: ftp://x/y\n", 3, "only http"),
+            ("bpi_update:\n  source: https://x/\n  automatic: sometimes\n", 4, "true or false"),
+            ("bpi_update:\n  source: https://x/\n  channel: beta\n", 4, "not a key of bpi_update"),
+        ] {
+            let c = check(&docs(&format!("#cloud-config\n{ud}")));
+            assert_eq!(c.errors.len(), 1, "{ud}: {:?}", c.errors);
+            assert!(c.errors[0].line == line && c.errors[0].message.contains(says), "{ud}: {}", c.errors[0]);
+            assert!(c.settings.update.is_none());
+        }
+        // Left out, nothing about updates changes.
+        assert_eq!(check(&docs("#cloud-config\nhostname: a\n")).settings.update, None);
     }
 
     #[test]

@@ -6,6 +6,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::Digest;
 
+use bpi_formats::update::{SOURCE_FILE, TIMER};
+
 use crate::check::Checked;
 use crate::network;
 
@@ -24,6 +26,10 @@ pub enum Action {
     /// bpi-*.nmconnection files of an earlier instance that this one does not keep.
     RemoveOtherConnections { keep: Vec<String> },
     ConfigFile { path: String, mode: u32, sha256: String, bytes: usize, #[serde(skip)] content: Vec<u8> },
+    /// /etc/bpi-os/update-source: where `bpi-os update` looks.
+    UpdateSource { source: String },
+    /// bpi-update.timer enabled and started (unattended updates), or disabled and stopped.
+    UpdateTimer { enable: bool },
 }
 
 impl Action {
@@ -43,6 +49,9 @@ impl Action {
             Action::Connection { id, path, .. } => format!("NetworkManager connection {id} ({path})"),
             Action::RemoveOtherConnections { .. } => "remove provisioned connections of an earlier instance".into(),
             Action::ConfigFile { path, mode, bytes, .. } => format!("write {path} ({bytes} bytes, mode {mode:04o})"),
+            Action::UpdateSource { source } => format!("take updates from {source} ({SOURCE_FILE})"),
+            Action::UpdateTimer { enable: true } => format!("enable and start {TIMER}: unattended updates"),
+            Action::UpdateTimer { enable: false } => format!("disable and stop {TIMER}: updates only when asked"),
         }
     }
 
@@ -57,6 +66,8 @@ impl Action {
             Action::Connection { id, path, content } => ("connection", "provision-connection", json!({"connection": id, "path": path, "sha256": sha(content.as_bytes())})),
             Action::RemoveOtherConnections { keep } => ("connection", "provision-remove-connections", json!({"connection": "bpi-*", "keep": keep})),
             Action::ConfigFile { path, mode, sha256, bytes, .. } => ("settings", "provision-file", json!({"key": path, "value": {"sha256": sha256, "bytes": bytes, "mode": format!("{mode:04o}")}})),
+            Action::UpdateSource { source } => ("settings", "provision-update-source", json!({"key": SOURCE_FILE, "value": source})),
+            Action::UpdateTimer { enable } => ("settings", "provision-update-timer", json!({"key": TIMER, "value": if *enable { "enabled" } else { "disabled" }})),
         }
     }
 }
@@ -121,6 +132,10 @@ pub fn plan(c: &Checked) -> Vec<Action> {
     for f in &s.files {
         out.push(Action::ConfigFile { path: f.path.clone(), mode: f.mode, sha256: sha(&f.content), bytes: f.content.len(), content: f.content.clone() });
     }
+    if let Some(u) = &s.update {
+        out.push(Action::UpdateSource { source: u.source.clone() });
+        out.push(Action::UpdateTimer { enable: u.automatic });
+    }
     out
 }
 
@@ -131,7 +146,7 @@ mod tests {
 
     #[test]
     fn a_proxmox_set_plans_host_user_keys_network_and_files_with_records() {
-        let ud = "#cloud-config\nhostname: node1\nmanage_etc_hosts: true\nfqdn: node1.example.net\nuser: op\npassword: $6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1\nssh_authorized_keys:\n  - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPOpkNjf0LDiA486DX/kEXgZW0qEikRVMwyfsQjBWQ8a op@host\nchpasswd:\n  expire: False\nusers:\n  - default\nwrite_files:\n  - path: /bpi/config/notes.txt\n    content: hello\n";
+        let ud = "#cloud-config\nhostname: node1\nmanage_etc_hosts: true\nfqdn: node1.example.net\nuser: op\npassword: $6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1\nssh_authorized_keys:\n  - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPOpkNjf0LDiA486DX/kEXgZW0qEikRVMwyfsQjBWQ8a op@host\nchpasswd:\n  expire: False\nusers:\n  - default\nwrite_files:\n  - path: /bpi/config/notes.txt\n    content: hello\nbpi_update:\n  source: https://updates.example.net/bpi-os\n";
         let nc = "version: 1\nconfig:\n  - type: physical\n    name: eth0\n    mac_address: 'bc:24:11:00:00:01'\n    subnets:\n      - type: dhcp\n";
         let d = Documents { user_data: Some(ud.into()), network_config: Some(nc.into()), meta_data: Some("instance-id: i1\n".into()), ..Documents::default() };
         let c = crate::check::check(&d);
@@ -140,7 +155,7 @@ mod tests {
         let names: Vec<&str> = p.iter().map(|a| a.record().1).collect();
         assert_eq!(
             names,
-            ["provision-hostname", "provision-hosts", "provision-user", "provision-password", "provision-ssh-keys", "provision-connection", "provision-remove-connections", "provision-file"]
+            ["provision-hostname", "provision-hosts", "provision-user", "provision-password", "provision-ssh-keys", "provision-connection", "provision-remove-connections", "provision-file", "provision-update-source", "provision-update-timer"]
         );
         // Every record passes the ledger's own plugin checks.
         let plugins = bpi_ledger_shapes();

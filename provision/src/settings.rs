@@ -20,6 +20,16 @@ pub struct Settings {
     /// None: NetworkManager's default (DHCP and IPv6 RA on every wired NIC).
     pub network: Option<Network>,
     pub files: Vec<ConfigFile>,
+    /// `bpi_update:`: where updates come from, and whether bpi-update.timer
+    /// installs them unattended. None: the node's update settings stay as they are.
+    pub update: Option<Update>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Update {
+    /// Checked by `bpi_formats::update::check_source`.
+    pub source: String,
+    pub automatic: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -26,6 +26,7 @@ pub struct UserData {
     pub manage_etc_hosts: Option<bool>,
     pub users: Vec<User>,
     pub files: Vec<ConfigFile>,
+    pub update: Option<settings::Update>,
 }
 
 /// Reads a user-data document; `file` names it in findings.
@@ -168,6 +169,7 @@ pub fn parse(text: &str, file: &str, f: &mut Findings) -> UserData {
                 }
             }
             "write_files" => out.files = write_files(v, file, f),
+            "bpi_update" => out.update = update(v, file, f),
             _ => match IGNORED.iter().find(|(k, _)| k == key) {
                 Some((_, why)) => f.note(file, v.line, format!("{key} ignored: {why}")),
                 None => f.note(file, v.line, format!("{key} is not a key bpi-os reads; ignored")),
@@ -212,6 +214,49 @@ pub fn parse(text: &str, file: &str, f: &mut Findings) -> UserData {
     // A user with neither password nor key is made, but nobody can log in as it.
     out.users = users;
     out
+}
+
+/// `bpi_update: {source: URL|DIR, automatic: true|false}`; automatic is
+/// true when left out (naming a source is asking for updates from it).
+fn update(v: &Node, file: &str, f: &mut Findings) -> Option<settings::Update> {
+    let Some(m) = v.map() else {
+        f.error(file, v.line, format!("bpi_update must be a mapping with source (and automatic), not {}", v.kind()));
+        return None;
+    };
+    let (mut source, mut automatic, mut ok) = (None, true, true);
+    for (k, kv) in m {
+        match k.as_str() {
+            "source" => match string(kv, file, "bpi_update.source", f) {
+                Some(s) => match bpi_formats::update::check_source(&s) {
+                    Ok(()) => source = Some(s),
+                    Err(e) => {
+                        f.error(file, kv.line, format!("bpi_update.source: {e}"));
+                        ok = false;
+                    }
+                },
+                None => ok = false,
+            },
+            "automatic" => match kv.boolean() {
+                Some(b) => automatic = b,
+                None => {
+                    f.error(file, kv.line, "bpi_update.automatic must be true or false");
+                    ok = false;
+                }
+            },
+            other => {
+                f.error(file, kv.line, format!("bpi_update.{other} is not a key of bpi_update (source, automatic)"));
+                ok = false;
+            }
+        }
+    }
+    match (source, ok) {
+        (Some(source), true) => Some(settings::Update { source, automatic }),
+        (None, true) => {
+            f.error(file, v.line, "bpi_update needs source: an https:// URL or a directory holding the signed bundle");
+            None
+        }
+        _ => None,
+    }
 }
 
 fn check(r: Result<(), String>, v: &Node, file: &str, f: &mut Findings) -> bool {

@@ -27,6 +27,8 @@ struct Settings<'a> {
     key: &'a str,
 }
 
+const UPDATE_SOURCE: &str = "https://updates.example.net/bpi-os/stable";
+
 /// user-data as qemu-server's cloudinit_userdata writes it for
 /// `--name H --searchdomain example.net --ciuser U --cipassword ... --sshkeys F`,
 /// with the topology in write_files as a `--cicustom user=` snippet adds it.
@@ -37,6 +39,8 @@ fn user_data(s: &Settings) -> String {
         u = s.user,
         k = s.key
     );
+    // Unattended updates from a source (not reached here: the timer's first run is 15 minutes after boot).
+    t.push_str(&format!("bpi_update:\n  source: {UPDATE_SOURCE}\n  automatic: true\n"));
     t.push_str("write_files:\n  - path: /bpi/config/system/topology.toml\n    permissions: '0644'\n    content: |\n");
     for l in TOPOLOGY.lines() {
         t.push_str(&format!("      {l}\n"));
@@ -128,10 +132,15 @@ fn check_provisioned(vm: &Vm, port: u16, key: &Path, s: &Settings, source: &str)
     ensure!(vm.sh("systemctl is-active bpi-drx-control.service")?.trim() == "active", "bpi-drx-control.service is not running");
     let topo = json(vm, "bpi-os nxos topology --json")?;
     ensure!(topo.to_string().contains("\"peer\""), "the control plane did not load the provisioned topology: {topo}");
+    // Unattended updates: the source written, the timer enabled and waiting.
+    ensure!(vm.sh("cat /etc/bpi-os/update-source")?.trim() == UPDATE_SOURCE, "update source");
+    ensure!(vm.sh("systemctl is-enabled bpi-update.timer; systemctl is-active bpi-update.timer")? == "enabled\nactive\n", "bpi-update.timer is not enabled and active");
+    let up = json(vm, "bpi-os update status --json")?;
+    ensure!(up["source"] == UPDATE_SOURCE && up["automatic"] == true, "update status: {up}");
     // The ledger holds what was applied.
     let blocks = provision_blocks(vm)?;
     let actions: Vec<&str> = blocks.iter().filter_map(|b| b["action"].as_str()).collect();
-    for want in ["provision-hostname", "provision-user", "provision-password", "provision-ssh-keys", "provision-connection", "provision-file", "provision-applied"] {
+    for want in ["provision-hostname", "provision-user", "provision-password", "provision-ssh-keys", "provision-connection", "provision-file", "provision-update-source", "provision-update-timer", "provision-applied"] {
         ensure!(actions.contains(&want), "no {want} block in the ledger: {actions:?}");
     }
     ensure!(!blocks.iter().any(|b| b.to_string().contains("$6$")), "a password hash is in the ledger");
