@@ -507,7 +507,7 @@ fn disks_in_use_are_refused_mounted_swap_and_the_running_root() {
     assert!(after == before);
 
     // A disk held by device-mapper is tried in the QEMU suite
-    // (qemu-tests/tests/install.rs: the live disk under the dm-verity root):
+    // (qemu-tests/tests/lifecycle/install.rs: the live disk under the dm-verity root):
     // this host's kernel has no device-mapper and cannot load it.
 
     // A disk used as swap.

@@ -10,12 +10,14 @@ use bpi_support::Cmd;
 /// The kernel command line: the verity root hash pins the root; the consoles
 /// are serial (Proxmox, QEMU) and the screen. A root that fails verity never
 /// becomes a usable device, and dracut waits for it forever unless
-/// `rd.timeout` is set: after it, the initrd gives up and powers off (no shell).
+/// `rd.timeout` is set: after it, the initrd gives up and reboots (no shell),
+/// as a kernel panic does after 10 s: a new version's counted boot that
+/// cannot come up uses a try, and systemd-boot falls back once they are gone.
 pub fn cmdline(root_hash: &str) -> String {
     format!(
         "roothash={root_hash} root=/dev/mapper/root rootfstype=erofs ro \
          console=tty0 console=ttyS0,115200 systemd.firstboot=off \
-         rd.timeout={ROOT_TIMEOUT_SECS} rd.shell=0 rd.emergency=poweroff"
+         rd.timeout={ROOT_TIMEOUT_SECS} rd.shell=0 rd.emergency=reboot panic=10"
     )
 }
 
@@ -126,6 +128,6 @@ mod tests {
         let c = cmdline("ab");
         assert!(c.starts_with("roothash=ab root=/dev/mapper/root "));
         assert!(c.contains("console=ttyS0,115200"));
-        assert!(c.contains("rd.timeout=120 rd.shell=0 rd.emergency=poweroff"), "{c}");
+        assert!(c.contains("rd.timeout=120 rd.shell=0 rd.emergency=reboot panic=10"), "{c}");
     }
 }

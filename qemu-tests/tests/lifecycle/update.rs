@@ -1,11 +1,11 @@
-//! End-to-end: A/B updates of the real image. Version N (the built image)
-//! boots; N+1 and N+2 (built by `cargo xtask test` with a patch version up,
-//! N+2 with a boot health check that fails) are served over HTTP from the
-//! host, at the user network's gateway. Bad bundles are refused with the
-//! inactive slot unchanged; N+1 is installed (after an apply killed in the
-//! middle of its write) and boots with the data, ledger, store and host
-//! keys of N; N+2 fails its health check until systemd-boot falls back to
-//! N+1 by itself; `bpi-os update rollback` then returns to N.
+//! A/B updates on the installed disk. Version N (what was installed) boots;
+//! N+1 and N+2 (built by `cargo xtask test` with a patch version up, N+2
+//! with a boot health check that fails) are served over HTTP from the host,
+//! at the user network's gateway. Bad bundles are refused with the inactive
+//! slot unchanged; an apply killed in the middle of its write leaves N
+//! booting; the re-run installs N+1, which boots with the data, ledger,
+//! store and host keys of N; `bpi-os update rollback` goes to N and back;
+//! N+2 fails its health check until systemd-boot falls back to N+1 by itself.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -19,6 +19,8 @@ use bpi_qemu_tests::image_dir;
 use bpi_qemu_tests::qga::Agent;
 use bpi_qemu_tests::vm::{Machine, Vm, VmOptions};
 use serde_json::Value;
+
+use crate::install::{self, Installed};
 
 fn updates_dir() -> PathBuf {
     std::env::var_os("BPI_UPDATE_IMAGES_DIR")
@@ -115,8 +117,9 @@ fn status(vm: &Vm) -> Result<Value> {
     Ok(serde_json::from_str(&vm.sh("bpi-os update status --json")?)?)
 }
 
-#[test]
-fn updates_ab_with_boot_counting_and_rollback() -> Result<()> {
+/// Boots the installed disk (its checks in `install::check_installed`) and
+/// takes it through the updates.
+pub fn updates_on_the_installed_disk(installed: &Installed) -> Result<()> {
     let n = manifest(&image_dir())?;
     let next_dir = updates_dir().join("next");
     let broken_dir = updates_dir().join("broken");
@@ -141,9 +144,8 @@ fn updates_ab_with_boot_counting_and_rollback() -> Result<()> {
     variant(www.path(), "tampered-uki", &good, None, Some(Role::Uki))?;
     let server = Server::start(www.path().to_path_buf())?;
 
-    let tpm = tempfile::tempdir()?;
-    let mut opts = VmOptions::new(image_dir().join("bpi-os.raw"));
-    opts.tpm_state = Some(tpm.path().to_path_buf());
+    let mut opts = VmOptions::new(installed.disk.clone());
+    opts.tpm_state = Some(installed.tpm.clone());
     opts.host_access = true;
     opts.allow_reboot = true;
     opts.disk_size = "6G";
@@ -152,8 +154,14 @@ fn updates_ab_with_boot_counting_and_rollback() -> Result<()> {
     let mut vm = machine.start(1)?;
     vm.wait_booted()?;
     vm.check_logs()?;
+    install::check_installed(&vm)?;
+    // A hang resets the machine: PID 1 runs the hardware watchdog (q35's TCO).
+    ensure!(vm.sh("systemctl show -p RuntimeWatchdogUSec --value")?.trim() == "2min", "the runtime watchdog is not set");
+    let wd = vm.sh("journalctl -b -o cat | grep -i 'hardware watchdog' || true")?;
+    ensure!(!wd.trim().is_empty(), "PID 1 found no hardware watchdog");
+    eprintln!("watchdog: {}", wd.lines().next().unwrap_or("").trim());
 
-    // N as built: slot A runs, slot B is empty, the health check passed.
+    // N as installed: slot A runs, slot B is empty, the health check passed.
     let st = status(&vm)?;
     ensure!(st["running_version"] == n.version.as_str() && st["running_slot"] == "a", "{st}");
     ensure!(st["slots"][1]["version"].is_null(), "slot B is not empty: {st}");
@@ -190,8 +198,8 @@ fn updates_ab_with_boot_counting_and_rollback() -> Result<()> {
     refused(&vm, &before, &format!("--from {}", url("next")), 1, "resume")?;
     server.set_fault(Fault::None);
 
-    // Killed in the middle of writing the slot: the running slot still
-    // boots (not rebooted here), slot B is retired, a re-run completes.
+    // Killed in the middle of writing the slot: slot B is retired, the
+    // running version still boots, and a re-run (after that reboot) completes.
     let killed = vm.sh_for(
         &format!(
             "bpi-os update apply --from {} > /tmp/apply.log 2>&1 & pid=$!; \
@@ -208,6 +216,14 @@ fn updates_ab_with_boot_counting_and_rollback() -> Result<()> {
     ensure!(st["slots"][1]["version"].is_null() && st["running_slot"] == "a", "after the killed apply: {st}");
     let after_kill = slot_b(&vm)?;
     ensure!(after_kill.contains("PART_ENTRY_NAME=_empty") && after_kill != before, "slot B after the killed apply should be labelled empty with its writing begun:\n{before}\n---\n{after_kill}");
+    let _ = vm.sh_any("systemctl --no-block reboot");
+    std::thread::sleep(Duration::from_secs(10));
+    wait_version(&vm, &sock, &n.version, Duration::from_secs(900))?;
+    vm.check_logs()?;
+    let st = status(&vm)?;
+    ensure!(st["running_slot"] == "a" && st["slots"][1]["version"].is_null() && st["health"]["healthy"] == true, "N after the killed apply and a reboot: {st}");
+    ensure!(vm.sh("cat /bpi/data/marker")?.trim() == "kept-across-updates", "/bpi/data lost its file across a reboot");
+    ensure!(vm.sh("cat /bpi/data/encrypted/t/f")?.trim() == "secret", "the store lost its file across a reboot, or the TPM2 did not unlock it");
 
     // The reference: dd of the same bytes to the same partitions.
     let dl = format!("/var/lib/bpi-os/update/download/{}", n1.version);

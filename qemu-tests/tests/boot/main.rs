@@ -1,5 +1,11 @@
 //! End-to-end: the built image booted under QEMU (TCG unless
 //! BPI_QEMU_ACCEL=kvm works) and checked from outside through the guest agent.
+//! The first test's two boots also carry the data plane (data_plane.rs, on
+//! the first boot, which has no provisioning) and the ledger service
+//! (ledger.rs, an entry before the reboot checked after it).
+
+mod data_plane;
+mod ledger;
 
 use std::time::Duration;
 
@@ -37,8 +43,10 @@ fn boots_read_only_verity_root_and_keeps_state_across_reboot() -> Result<()> {
     let tpm = tempfile::tempdir()?;
     let mut opts = VmOptions::new(raw());
     opts.tpm_state = Some(tpm.path().to_path_buf());
+    let ports = data_plane::Ports::add_to(&mut opts)?;
     let machine = Machine::new(opts)?;
     let mut vm = machine.start(1)?;
+    data_plane::wait_ssh(&vm, &ports)?;
     let took = vm.wait_booted()?;
     eprintln!("FIGURE boot to multi-user.target (first boot, {}): {:.1}s", machine.opts.accel, took.as_secs_f64());
     eprintln!("{}", vm.sh("systemd-analyze time || true")?.trim());
@@ -95,6 +103,9 @@ fn boots_read_only_verity_root_and_keeps_state_across_reboot() -> Result<()> {
     // And it opens the volume.
     vm.sh("cryptsetup open --test-passphrase --key-file /run/bpi-os/store-recovery-key /dev/disk/by-partlabel/bpi-store")?;
 
+    data_plane::checks(&vm, &ports)?;
+    let ledger_token = ledger::before_reboot(&vm)?;
+
     // State: /etc and /bpi/data persist, /bpi/runtime does not.
     let token = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos());
     vm.sh(&format!(
@@ -112,6 +123,10 @@ fn boots_read_only_verity_root_and_keeps_state_across_reboot() -> Result<()> {
     // The store unlocked itself from the TPM2, without a prompt.
     ensure!(vm.sh("cat /bpi/data/encrypted/bpi-test")?.trim() == token, "the encrypted store lost its file, or is not open");
     ensure!(vm.sh("systemctl is-active bpi-store.service")?.trim() == "active");
+    ledger::after_reboot(&vm, &ledger_token)?;
+    // The data plane configured on the first boot attaches by itself on this one.
+    let ebpf: serde_json::Value = serde_json::from_str(&vm.sh("bpi-os nxos ebpf status --json")?)?;
+    ensure!(ebpf["links"][0]["hook"]["program_name"].as_str().is_some_and(|n| n.starts_with("xdp_trust")), "the data plane did not attach from its saved config: {ebpf}");
     vm.poweroff()
 }
 
@@ -121,7 +136,8 @@ fn a_changed_byte_in_the_root_superblock_is_refused() -> Result<()> {
     let (_dir, copy) = tampered_copy(1024)?;
     let machine = Machine::new(VmOptions::new(copy))?;
     let mut vm = machine.start(1)?;
-    // The initrd's emergency action is poweroff: QEMU exits on its own.
+    // The initrd's emergency action is a reboot (a counted boot uses a try):
+    // under -no-reboot QEMU exits on its own.
     vm.wait_exit(Duration::from_secs(600))?;
     let log = vm.serial();
     ensure!(

@@ -1,20 +1,15 @@
-//! End-to-end: the ledger service in the booted image. An entry appended
-//! over the system bus before a reboot is there after it, the chain and the
-//! signed checkpoint verify, the log is append-only, and the shipped bus policy
+//! The ledger service in the booted image. An entry appended over the
+//! system bus before a reboot is there after it, the chain and the signed
+//! checkpoint verify, the log is append-only, and the shipped bus policy
 //! keeps unprivileged users to queries.
 
 use anyhow::{ensure, Result};
-use bpi_qemu_tests::image_dir;
-use bpi_qemu_tests::vm::{Machine, VmOptions};
+use bpi_qemu_tests::vm::Vm;
 
 const STORE: &str = "/bpi/data/immutable/blockchain-state";
 
-#[test]
-fn ledger_service_records_over_dbus_and_keeps_entries_across_reboot() -> Result<()> {
-    let machine = Machine::new(VmOptions::new(image_dir().join("bpi-os.raw")))?;
-    let mut vm = machine.start(1)?;
-    vm.wait_booted()?;
-    vm.check_logs()?;
+/// Before the reboot: returns the token the appended entry carries.
+pub fn before_reboot(vm: &Vm) -> Result<String> {
     let state = vm.sh("systemctl show -p ActiveState,SubState,Type bpi-ledger.service")?;
     ensure!(state.contains("ActiveState=active") && state.contains("Type=notify"), "bpi-ledger.service: {state}");
 
@@ -35,13 +30,12 @@ fn ledger_service_records_over_dbus_and_keeps_entries_across_reboot() -> Result<
     ensure!(attrs.split_whitespace().next().is_some_and(|a| a.contains('a')), "the log is not append-only: {attrs}");
     let key = vm.sh("stat -c '%a %U' /bpi/data/encrypted/ledger/checkpoint.key")?;
     ensure!(key.trim() == "600 root", "signing key: {key}");
-    vm.poweroff()?;
+    Ok(token)
+}
 
-    let mut vm = machine.start(2)?;
-    vm.wait_booted()?;
-    vm.check_logs()?;
+pub fn after_reboot(vm: &Vm, token: &str) -> Result<()> {
     let shown = vm.sh("bpi-os ledger show --category network --json")?;
-    ensure!(shown.contains(&token), "the entry appended before the reboot is gone: {shown}");
+    ensure!(shown.contains(token), "the entry appended before the reboot is gone: {shown}");
     let verify = vm.sh_any("bpi-os ledger verify --json")?;
     ensure!(verify.code == 0, "ledger verify failed after reboot: {}{}", verify.stdout, verify.stderr);
     let report: serde_json::Value = serde_json::from_str(&verify.stdout)?;
@@ -50,5 +44,5 @@ fn ledger_service_records_over_dbus_and_keeps_entries_across_reboot() -> Result<
         "ledger in the VM: {} blocks after reboot, checkpoint at size {}",
         report["blocks"], report["checkpoint"]["size"]
     );
-    vm.poweroff()
+    Ok(())
 }
