@@ -347,7 +347,7 @@ impl Vm<'_> {
             if self.exited() {
                 return Ok(());
             }
-            // A panicked kernel never powers off.
+            // A panicked kernel resets only after panic=N seconds, and never powers off.
             if let Some(why) = logscan::fatal(&self.serial()).filter(|w| w.starts_with("kernel panic")) {
                 return self.fail(&format!("waiting for QEMU to exit: {why}"));
             }
