@@ -15,6 +15,9 @@ pub struct Manifest {
     pub partitions: Vec<PartitionInfo>,
     pub verity_canary: Canary,
     pub packages: Vec<Package>,
+    /// The erofs root file system's size in bytes (image/src/sizes.rs budgets it).
+    #[serde(default)]
+    pub root_fs_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -49,6 +52,9 @@ pub struct Package {
     pub version: String,
     pub arch: String,
     pub sha256: String,
+    /// Bytes of its files in the root file system, uncompressed.
+    #[serde(default)]
+    pub root_bytes: u64,
 }
 
 impl Manifest {

@@ -4,13 +4,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use bpi_support::{digest, Cmd, Steps};
+use bpi_support::{digest, progress, Cmd, Steps};
 
 use crate::boot::{self, EspInputs, UkiInputs};
 use crate::disk::{self, Part};
 use crate::gpt::{self, types, Partition, ALIGN, ATTR_READ_ONLY, SECTOR};
 use crate::manifest::{Canary, DiskInfo, Manifest, Package, PartitionInfo};
 use crate::rootfs::{self, BaseInputs};
+use crate::sizes;
 use crate::sources::Sources;
 use crate::stage::{self, StageInputs};
 use crate::verity;
@@ -94,10 +95,14 @@ pub fn build(opts: &BuildOptions<'_>, steps: &Steps) -> Result<Manifest> {
     // The stub and boot loader come from the locked systemd-boot-efi package.
     let efi_dir = root.join("usr/lib/systemd/boot/efi");
 
+    let package_sizes = sizes::package_sizes(&root)?;
     let erofs = work.join("root.erofs");
     steps.step("erofs root file system", || {
         verity::make_erofs(&root, &erofs, epoch, &gpt::derived_guid(format!("bpi-os erofs {epoch}").as_bytes()))
     })?;
+    let erofs_bytes = std::fs::metadata(&erofs)?.len();
+    progress::note(&format!("root file system {:.1} MB (budget {:.1} MB)", erofs_bytes as f64 / 1e6, sizes::ROOT_BUDGET_BYTES as f64 / 1e6));
+    sizes::check_budget(erofs_bytes, sizes::ROOT_BUDGET_BYTES, &package_sizes)?;
     let canary_at = verity::find_in_file(&erofs, &stage::canary_bytes()[..64])?
         .context("the verity canary's data is not stored plainly in the erofs image")?;
 
@@ -208,8 +213,15 @@ pub fn build(opts: &BuildOptions<'_>, steps: &Steps) -> Result<Manifest> {
             verity_canary: Canary { path: format!("/{}", stage::CANARY_PATH), root_offset: canary_at },
             packages: debs
                 .iter()
-                .map(|d| Package { name: d.name.clone(), version: d.version.clone(), arch: d.arch.clone(), sha256: d.sha256.clone() })
+                .map(|d| Package {
+                    name: d.name.clone(),
+                    version: d.version.clone(),
+                    arch: d.arch.clone(),
+                    sha256: d.sha256.clone(),
+                    root_bytes: package_sizes.iter().find(|(n, _)| *n == d.name).map_or(0, |(_, b)| *b),
+                })
                 .collect(),
+            root_fs_bytes: erofs_bytes,
         };
         let manifest_tmp = work.join(MANIFEST);
         std::fs::write(&manifest_tmp, serde_json::to_string_pretty(&manifest)? + "\n")?;

@@ -9,6 +9,7 @@ pub mod disk;
 pub mod packages;
 pub mod pe;
 pub mod rootfs;
+pub mod sizes;
 pub mod sources;
 pub mod stage;
 pub mod verity;

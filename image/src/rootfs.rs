@@ -10,6 +10,9 @@ use bpi_support::{digest, Cmd};
 use crate::packages::{self, Deb, Lock};
 use crate::sources::Sources;
 
+/// mmdebstrap's own hooks for a merged-/usr tree (Debian's mmdebstrap package).
+const MERGED_USR_HOOKS: &str = "/usr/share/mmdebstrap/hooks/merged-usr";
+
 /// Inputs of the base root file system.
 pub struct BaseInputs<'a> {
     /// image/ in the source tree (package list, lock, hooks, dracut module).
@@ -23,6 +26,10 @@ impl BaseInputs<'_> {
     }
     fn dracut(&self) -> PathBuf {
         self.image_dir.join("dracut")
+    }
+    /// dpkg's path-exclude list: what is never unpacked into the root.
+    fn dpkg_exclude(&self) -> PathBuf {
+        self.image_dir.join("dpkg-exclude.cfg")
     }
 
     pub fn package_names(&self) -> Result<Vec<String>> {
@@ -41,7 +48,7 @@ impl BaseInputs<'_> {
     /// A key over every input of the base: the cache entry is valid exactly
     /// while this is unchanged.
     pub fn cache_key(&self) -> Result<String> {
-        let mut files = vec![self.image_dir.join("packages.txt"), self.image_dir.join("packages.lock")];
+        let mut files = vec![self.image_dir.join("packages.txt"), self.image_dir.join("packages.lock"), self.dpkg_exclude()];
         for dir in [self.hooks(), self.dracut(), self.dracut().join("90bpi-data")] {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
                 .with_context(|| format!("listing {}", dir.display()))?
@@ -138,6 +145,12 @@ fn mmdebstrap(
         .arg(format!("--include={}", names.join(",")))
         // Keep every .deb until the collect hook has hashed it.
         .arg("--skip=download/empty,essential/unlink")
+        // A file: mmdebstrap appends it to dpkg's configuration in the chroot.
+        .arg(format!("--dpkgopt={}", inputs.dpkg_exclude().display()))
+        // The tree is made merged-/usr from the start and gets usr-is-merged,
+        // so init-system-helpers' "usrmerge | usr-is-merged" does not pull in
+        // usrmerge, the converter, and the 47 MB of perl it needs.
+        .arg(format!("--hook-dir={MERGED_USR_HOOKS}"))
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
         // The kernel's postinst would build an initrd with defaults; ours is built by the hook.
         .env("INITRD", "No")
