@@ -104,13 +104,14 @@ pub fn run(cmd: UpdateCommand) -> Result<()> {
 fn source(from: &FromArgs) -> Result<Source> {
     let text = match &from.from {
         Some(f) => f.clone(),
-        None => std::fs::read_to_string(SOURCE_FILE)
-            .map(|s| s.trim().to_string())
-            .ok()
-            .filter(|s| !s.is_empty())
-            .with_context(|| format!("no update source: give --from URL|DIR, or write one to {SOURCE_FILE}"))?,
+        None => configured_source().with_context(|| format!("no update source: give --from URL|DIR, or write one to {SOURCE_FILE}"))?,
     };
     Source::parse(&text)
+}
+
+/// The line in /etc/bpi-os/update-source, if there is one.
+fn configured_source() -> Option<String> {
+    std::fs::read_to_string(SOURCE_FILE).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
 pub(crate) fn now() -> u64 {
@@ -233,8 +234,8 @@ pub struct UpdateStatus {
     pub automatic: bool,
 }
 
-/// The link `systemctl enable bpi-update.timer` makes.
-const TIMER_WANTS: &str = "/etc/systemd/system/timers.target.wants/bpi-update.timer";
+/// Where `systemctl enable bpi-update.timer` makes its link.
+const TIMER_WANTS_DIR: &str = "/etc/systemd/system/timers.target.wants";
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Failed {
@@ -277,8 +278,8 @@ pub fn status() -> Result<UpdateStatus> {
         entries,
         failed,
         running_version: running,
-        source: std::fs::read_to_string(SOURCE_FILE).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()),
-        automatic: Path::new(TIMER_WANTS).symlink_metadata().is_ok(),
+        source: configured_source(),
+        automatic: Path::new(TIMER_WANTS_DIR).join(bpi_formats::update::TIMER).symlink_metadata().is_ok(),
     })
 }
 

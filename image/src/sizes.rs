@@ -3,7 +3,7 @@
 //! budget names the biggest contributors when the root outgrows it.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
@@ -21,12 +21,8 @@ pub const DPKG_INFO: &str = "usr/share/factory/var/lib/dpkg/info";
 /// (path-exclude) are not there and count nothing.
 pub fn package_sizes(root: &Path) -> Result<Vec<(String, u64)>> {
     let info = root.join(DPKG_INFO);
-    let mut lists: Vec<PathBuf> = std::fs::read_dir(&info)
-        .with_context(|| format!("listing {}", info.display()))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<_>>()?;
+    let mut lists = crate::stage::sorted_entries(&info)?;
     lists.retain(|p| p.extension().is_some_and(|x| x == "list"));
-    lists.sort();
     let mut seen = HashSet::new();
     let mut sizes = BTreeMap::new();
     for list in lists {
