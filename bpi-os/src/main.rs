@@ -2,6 +2,7 @@
 
 mod control;
 mod docs;
+mod firmware;
 mod health;
 mod install;
 mod ledger;

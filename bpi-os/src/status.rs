@@ -11,6 +11,8 @@ pub struct Status {
     pub version: String,
     pub binary_version: String,
     pub root_hash: Option<String>,
+    /// UEFI or BIOS, and Secure Boot.
+    pub boot: crate::firmware::Boot,
     pub root: Option<Mount>,
     pub verity: Verity,
     pub data: DataPartition,
@@ -106,6 +108,7 @@ pub fn run(json: Json) -> Result<()> {
         version: bpi_update::apply::running_version().unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_string()),
         binary_version: env!("CARGO_PKG_VERSION").to_string(),
         root_hash: bpi_update::apply::root_hash_of_cmdline(&cmdline),
+        boot: crate::firmware::boot(),
         root: find_mount(&mountinfo, "/"),
         verity: parse_verity(verity_out.as_deref()),
         data: DataPartition { mounted: data_mount.is_some(), mount: data_mount, size_bytes: size, free_bytes: free },
@@ -119,6 +122,7 @@ pub fn run(json: Json) -> Result<()> {
     } else {
         println!("version:    {}", status.version);
         println!("root hash:  {}", status.root_hash.as_deref().unwrap_or("(none: not booted from a verity image)"));
+        println!("boot:       {}", status.boot);
         match &status.root {
             Some(m) => println!("root:       {} on {} ({})", m.fstype, m.source, if m.read_only { "read-only" } else { "read-write" }),
             None => println!("root:       unknown"),

@@ -171,6 +171,7 @@ fn apply_cmd(from: &FromArgs, dry_run: bool, reboot: bool, if_newer: bool, json:
         r => r?,
     };
     let plan = apply::describe(&o);
+    esp::require_uefi(std::path::Path::new("/sys/firmware/efi"))?;
     if dry_run {
         if json.on() {
             return json.print(&json!({"dry_run": true, "offer": o, "steps": plan}));

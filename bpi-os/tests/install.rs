@@ -77,7 +77,7 @@ fn image(dir: &Path, body_mib: u64) -> PathBuf {
             .collect(),
         verity_canary: Canary { path: "/x".into(), root_offset: 0 },
         packages: Vec::new(),
-        root_fs_bytes: 0,
+        root_fs_bytes: 0, signed_by: None,
     };
     write_manifest(dir, &manifest);
     raw

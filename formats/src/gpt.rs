@@ -17,7 +17,13 @@ pub mod types {
     pub const ROOT_X86_64: &str = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709";
     pub const ROOT_X86_64_VERITY: &str = "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5";
     pub const LINUX_GENERIC: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";
+    /// "Hah!IdontNeedEFI": GRUB's core image for BIOS boot.
+    pub const BIOS_BOOT: &str = "21686148-6449-6e6f-744e-656564454649";
 }
+
+/// The protective MBR's boot code: what a BIOS runs (GRUB's boot sector on
+/// a bpi-os disk); the disk signature and partition table follow it.
+pub const MBR_CODE_BYTES: usize = 440;
 
 /// GPT attribute bit 60: read-only (DPS: mount the partition read-only).
 pub const ATTR_READ_ONLY: u64 = 1 << 60;
@@ -193,7 +199,10 @@ pub fn relocate(head: &[u8], disk_size: u64) -> Result<Tables> {
 pub fn relocate_with(head: &[u8], disk_size: u64, extra: &[Partition]) -> Result<Tables> {
     let (guid, mut parts) = parse_primary(head)?;
     parts.extend(extra.iter().cloned());
-    tables(&guid, &parts, disk_size)
+    let mut t = tables(&guid, &parts, disk_size)?;
+    // The boot code goes with the disk (BIOS boot reads it).
+    t.primary[..MBR_CODE_BYTES].copy_from_slice(&head[..MBR_CODE_BYTES]);
+    Ok(t)
 }
 
 /// The first 1 MiB-aligned byte after every partition in `head`'s table.

@@ -18,6 +18,10 @@ pub struct Manifest {
     /// The erofs root file system's size in bytes (image/src/sizes.rs budgets it).
     #[serde(default)]
     pub root_fs_bytes: u64,
+    /// SHA-256 of the Secure Boot db certificate (DER) that signed systemd-boot
+    /// and the UKI; none for an unsigned build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

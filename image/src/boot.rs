@@ -68,6 +68,18 @@ pub struct EspInputs<'a> {
     pub size: u64,
     pub volume_id: u32,
     pub epoch: u64,
+    /// A signed image's key set: its `.auth` files go where systemd-boot
+    /// enrolls them from on a machine in Setup Mode.
+    pub enroll: Option<&'a crate::secureboot::KeySet>,
+    /// BIOS boot's files: GRUB's configuration, kernel and initrd.
+    pub bios: BiosFiles<'a>,
+}
+
+pub struct BiosFiles<'a> {
+    pub version: &'a str,
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub grub_cfg: &'a str,
 }
 
 /// Builds the FAT ESP image: systemd-boot as the removable-media loader, the UKI
@@ -101,22 +113,49 @@ pub fn make_esp(inp: &EspInputs, work: &Path, out: &Path) -> Result<()> {
     let uki_name = inp.uki.file_name().and_then(|n| n.to_str()).context("the UKI's file name")?.to_string();
     let uki = staged(&uki_name, &read(inp.uki)?)?;
     let uki_dest = format!("::/EFI/Linux/{uki_name}");
-    let loader = staged("loader.conf", b"timeout 0\neditor no\nauto-entries no\nauto-firmware no\n")?;
+    let loader = staged("loader.conf", loader_conf(inp.enroll.is_some()).as_bytes())?;
     let mtools = |prog: &str| Cmd::new(prog).env("SOURCE_DATE_EPOCH", &epoch).env("MTOOLS_SKIP_CHECK", "1");
-    mtools("mmd")
-        .arg("-i")
-        .arg(out)
-        .args(["::/EFI", "::/EFI/BOOT", "::/EFI/systemd", "::/EFI/Linux", "::/loader"])
-        .run()?;
-    for (src, dest) in [
-        (&sdboot, "::/EFI/BOOT/BOOTX64.EFI"),
-        (&sdboot, "::/EFI/systemd/systemd-bootx64.efi"),
-        (&uki, uki_dest.as_str()),
-        (&loader, "::/loader/loader.conf"),
-    ] {
+    let mut dirs = vec!["::/EFI".to_string(), "::/EFI/BOOT".into(), "::/EFI/systemd".into(), "::/EFI/Linux".into(), "::/loader".into()];
+    let mut copies = vec![
+        (sdboot.clone(), "::/EFI/BOOT/BOOTX64.EFI".to_string()),
+        (sdboot, "::/EFI/systemd/systemd-bootx64.efi".into()),
+        (uki, uki_dest),
+        (loader, "::/loader/loader.conf".into()),
+    ];
+    let b = &inp.bios;
+    let version_dir = format!("::/bios/{}", b.version);
+    dirs.extend(["::/grub".to_string(), "::/bios".into(), version_dir]);
+    let grub_cfg = staged("grub.cfg", b.grub_cfg.as_bytes())?;
+    let kernel = staged("vmlinuz", &read(b.kernel)?)?;
+    let initrd = staged("initrd.img", &read(b.initrd)?)?;
+    copies.push((grub_cfg, format!("::/{}", crate::bios::GRUB_CFG)));
+    copies.push((kernel, format!("::/{}", crate::bios::kernel_path(b.version))));
+    copies.push((initrd, format!("::/{}", crate::bios::initrd_path(b.version))));
+    if let Some(keys) = inp.enroll {
+        dirs.extend(["::/loader/keys".to_string(), format!("::/{}", crate::secureboot::ESP_KEYS_DIR)]);
+        for k in crate::secureboot::KEYS {
+            let auth = staged(&format!("{k}.auth"), &read(&keys.auth(k))?)?;
+            copies.push((auth, format!("::/{}/{k}.auth", crate::secureboot::ESP_KEYS_DIR)));
+        }
+    }
+    mtools("mmd").arg("-i").arg(out).args(&dirs).run()?;
+    for (src, dest) in copies {
         mtools("mcopy").arg("-m").arg("-i").arg(out).arg(src).arg(dest).run()?;
     }
     Ok(())
+}
+
+/// systemd-boot's configuration: straight to the default entry, no editor
+/// (a command line edited at the console would bypass the verity root hash).
+/// A signed image enrolls its own keys on a machine in Setup Mode
+/// (`secure-boot-enroll force`: the `auto` set, after a warning on the
+/// console); a machine that already has a PK is left as it is.
+pub fn loader_conf(enroll: bool) -> String {
+    let mut s = String::from("timeout 0\neditor no\nauto-entries no\nauto-firmware no\n");
+    if enroll {
+        s.push_str("secure-boot-enroll force\n");
+    }
+    s
 }
 
 #[cfg(test)]

@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use bpi_support::{digest, progress, Cmd, Steps};
 
-use crate::boot::{self, EspInputs, UkiInputs};
+use crate::bios;
+use crate::boot::{self, BiosFiles, EspInputs, UkiInputs};
 use crate::disk::{self, Part};
 use crate::gpt::{self, types, Partition, ALIGN, ATTR_READ_ONLY, SECTOR};
 use crate::manifest::{Canary, DiskInfo, Manifest, Package, PartitionInfo};
 use crate::rootfs::{self, BaseInputs};
+use crate::secureboot::KeySet;
 use crate::sizes;
 use crate::sources::Sources;
 use crate::stage::{self, StageInputs};
@@ -40,6 +42,9 @@ pub struct BuildOptions<'a> {
     pub update_valid_secs: u64,
     /// A test image whose boot health check fails ([`StageInputs::break_health`]).
     pub break_health: bool,
+    /// Signs systemd-boot and the UKI for Secure Boot and puts the key set's
+    /// public halves on the ESP for enrollment; none: an unsigned image.
+    pub sign_with: Option<&'a KeySet>,
 }
 
 pub const RAW: &str = "bpi-os.raw";
@@ -128,19 +133,35 @@ pub fn build(opts: &BuildOptions<'_>, steps: &Steps) -> Result<Manifest> {
             },
             work,
             &uki,
-        )
+        )?;
+        opts.sign_with.map_or(Ok(()), |k| k.sign(&uki, epoch))
     })?;
 
     let esp = work.join("esp.img");
-    let sdboot = efi_dir.join("systemd-bootx64.efi");
-    // Room for three UKIs: one per slot, and a third while an update writes.
+    let sdboot = work.join("systemd-bootx64.efi");
+    std::fs::copy(efi_dir.join("systemd-bootx64.efi"), &sdboot)?;
+    if let Some(k) = opts.sign_with {
+        steps.step("sign systemd-boot with the db key", || k.sign(&sdboot, epoch))?;
+    }
+    // Room for three versions (UKI, and kernel and initrd for BIOS boot):
+    // one per slot, and a third while an update writes.
     let esp_size = {
-        let need = 2 * std::fs::metadata(&sdboot)?.len() + 3 * std::fs::metadata(&uki)?.len();
+        let bios = std::fs::metadata(&boot_files.kernel)?.len() + std::fs::metadata(&boot_files.initrd)?.len();
+        let need = 2 * std::fs::metadata(&sdboot)?.len() + 3 * (std::fs::metadata(&uki)?.len() + bios);
         (need * 5 / 4).div_ceil(ALIGN).max(64) * ALIGN
     };
-    steps.step("ESP (systemd-boot + UKI)", || {
+    let grub_cfg = bios::grub_cfg(&opts.version, &cmdline);
+    steps.step("ESP (systemd-boot + UKI; GRUB's configuration, kernel and initrd)", || {
         let vol = u32::from_be_bytes(hex::decode(digest::sha256_bytes(format!("{root_hash} esp").as_bytes()))?[..4].try_into()?);
-        boot::make_esp(&EspInputs { systemd_boot: &sdboot, uki: &uki, size: esp_size, volume_id: vol, epoch }, work, &esp)
+        let bios = BiosFiles { version: &opts.version, kernel: &boot_files.kernel, initrd: &boot_files.initrd, grub_cfg: &grub_cfg };
+        boot::make_esp(&EspInputs { systemd_boot: &sdboot, uki: &uki, size: esp_size, volume_id: vol, epoch, enroll: opts.sign_with, bios }, work, &esp)
+    })?;
+    let core = work.join("core.img");
+    let boot_code = steps.step("BIOS boot: GRUB core image and boot sector", || {
+        bios::make_core(&core).and_then(|bytes| {
+            std::fs::write(&core, bytes)?;
+            bios::boot_code(bios::CORE_FIRST_LBA)
+        })
     })?;
 
     for (file, max) in [(&erofs, slots::ROOT_SLOT_SIZE), (&hash_tree, slots::VERITY_SLOT_SIZE)] {
@@ -178,10 +199,23 @@ pub fn build(opts: &BuildOptions<'_>, steps: &Steps) -> Result<Manifest> {
         Part { entry: entry(2, types::ROOT_X86_64_VERITY, gpt::guid_string(&rh[16..32]), ATTR_READ_ONLY), contents: &hash_tree },
         Part { entry: entry(3, types::ROOT_X86_64, empty_guid("root"), ATTR_READ_ONLY), contents: &empty },
         Part { entry: entry(4, types::ROOT_X86_64_VERITY, empty_guid("verity"), ATTR_READ_ONLY), contents: &empty },
+        // Last in the table, so the others keep their numbers; first on the
+        // disk, in the sectors below the first aligned partition.
+        Part {
+            entry: Partition {
+                type_guid: types::BIOS_BOOT.into(),
+                guid: gpt::derived_guid(format!("{root_hash} bios boot").as_bytes()),
+                name: "bpi-bios-boot".into(),
+                first_lba: bios::CORE_FIRST_LBA,
+                last_lba: bios::CORE_LAST_LBA,
+                attributes: 0,
+            },
+            contents: &core,
+        },
     ];
     let disk_guid = gpt::derived_guid(format!("{root_hash} disk").as_bytes());
     let raw_tmp = work.join(RAW);
-    steps.step("assemble GPT disk", || disk::assemble(&raw_tmp, &disk_guid, &parts, disk_size))?;
+    steps.step("assemble GPT disk", || disk::assemble(&raw_tmp, &disk_guid, &parts, disk_size, Some(&boot_code)))?;
 
     let qcow_tmp = work.join(QCOW2);
     steps.step("qcow2 for Proxmox", || {
@@ -222,6 +256,7 @@ pub fn build(opts: &BuildOptions<'_>, steps: &Steps) -> Result<Manifest> {
                 })
                 .collect(),
             root_fs_bytes: erofs_bytes,
+            signed_by: opts.sign_with.map(KeySet::db_fingerprint).transpose()?,
         };
         let manifest_tmp = work.join(MANIFEST);
         std::fs::write(&manifest_tmp, serde_json::to_string_pretty(&manifest)? + "\n")?;

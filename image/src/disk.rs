@@ -16,9 +16,13 @@ pub struct Part<'a> {
     pub contents: &'a Path,
 }
 
-pub fn assemble(out: &Path, disk_guid: &str, parts: &[Part], disk_size: u64) -> Result<()> {
+/// `boot_code`: the protective MBR's first 440 bytes (GRUB's boot sector).
+pub fn assemble(out: &Path, disk_guid: &str, parts: &[Part], disk_size: u64, boot_code: Option<&[u8; gpt::MBR_CODE_BYTES]>) -> Result<()> {
     let entries: Vec<Partition> = parts.iter().map(|p| p.entry.clone()).collect();
-    let tables = gpt::tables(disk_guid, &entries, disk_size)?;
+    let mut tables = gpt::tables(disk_guid, &entries, disk_size)?;
+    if let Some(code) = boot_code {
+        tables.primary[..gpt::MBR_CODE_BYTES].copy_from_slice(code);
+    }
     let _ = std::fs::remove_file(out);
     let f = File::create(out).with_context(|| format!("creating {}", out.display()))?;
     f.set_len(disk_size)?;
@@ -83,15 +87,16 @@ mod tests {
             attributes: 0,
         };
         let out = dir.path().join("disk");
-        assemble(&out, &derived_guid(b"d"), &[Part { entry, contents: &a }], 4 << 20).unwrap();
+        assemble(&out, &derived_guid(b"d"), &[Part { entry, contents: &a }], 4 << 20, Some(&[7u8; 440])).unwrap();
         let bytes = std::fs::read(&out).unwrap();
         assert_eq!(&bytes[(2048 * SECTOR) as usize..(2048 * SECTOR) as usize + 5], b"hello");
         assert_eq!(&bytes[512..520], b"EFI PART");
+        assert!(bytes[..440].iter().all(|&b| b == 7) && bytes[510..512] == [0x55, 0xaa], "the boot code is not in the protective MBR");
         assert_eq!(bytes.len(), 4 << 20);
         let too_big = dir.path().join("big");
         std::fs::write(&too_big, vec![1u8; 2 << 20]).unwrap();
         let entry = Partition { type_guid: types::LINUX_GENERIC.into(), guid: derived_guid(b"b"), name: "b".into(), first_lba: 2048, last_lba: 2050, attributes: 0 };
-        let err = assemble(&out, &derived_guid(b"d"), &[Part { entry, contents: &too_big }], 4 << 20).unwrap_err();
+        let err = assemble(&out, &derived_guid(b"d"), &[Part { entry, contents: &too_big }], 4 << 20, None).unwrap_err();
         assert!(err.to_string().contains("does not fit"), "{err}");
     }
 }

@@ -1,6 +1,7 @@
 //! The bpi-os image pipeline. [`build::build`] runs it; each module is one
 //! stage, built from files (no loop devices, no mounts on the host).
 
+pub mod bios;
 pub mod boot;
 pub mod build;
 pub mod bundle;
@@ -9,6 +10,7 @@ pub mod disk;
 pub mod packages;
 pub mod pe;
 pub mod rootfs;
+pub mod secureboot;
 pub mod sizes;
 pub mod sources;
 pub mod stage;

@@ -392,7 +392,10 @@ pub fn unlock(device: &Path, key: Key<'_>) -> Result<()> {
                 .arg(device)
                 .args(["-", "tpm2-device=auto,headless=true"])
                 .run()
-                .context("unlocking with the TPM2 failed (PCRs changed? use the recovery key: docs/install.md)")?,
+                .context(
+                    "the TPM2 would not unseal the store's key: the boot state it was sealed to changed (Secure Boot turned off, other keys, \
+                     another boot loader or firmware); open it with `bpi-os store unlock --recovery-key-file PATH` (docs/install.md)",
+                )?,
         }
     }
     if status(device).mounted {

@@ -191,3 +191,26 @@ pub fn unprovisioned_node_checks(vm: &Vm, port: u16) -> Result<()> {
     ensure!(ssh_refused(port, &key, "root") && ssh_refused(port, &key, "bpi"), "a login without an authorized key succeeded");
     Ok(())
 }
+
+pub const GIB: u64 = 1 << 30;
+
+/// A sparse file of `size` bytes (an empty disk).
+pub fn sparse(path: &Path, size: u64) -> Result<()> {
+    std::fs::File::create(path)?.set_len(size)?;
+    Ok(())
+}
+
+/// An ext4 file system image holding bpi-os.raw, SHA256SUMS and manifest.json,
+/// made from files (mke2fs -d), never mounted on the host: install media.
+pub fn media(dir: &Path) -> Result<std::path::PathBuf> {
+    let files = dir.join("media-files");
+    std::fs::create_dir_all(&files)?;
+    for f in ["bpi-os.raw", "SHA256SUMS", "manifest.json"] {
+        Cmd::new("cp").arg("--sparse=always").arg(crate::image_dir().join(f)).arg(files.join(f)).run()?;
+    }
+    let img = dir.join("media.ext4");
+    sparse(&img, 3 * GIB)?;
+    Cmd::new("mkfs.ext4").args(["-q", "-F", "-L", "bpi-media", "-d"]).arg(&files).arg(&img).run()?;
+    std::fs::remove_dir_all(&files)?;
+    Ok(img)
+}

@@ -16,3 +16,11 @@ pub fn image_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/image"))
 }
+
+/// The Secure Boot key set the image under test was signed with:
+/// $BPI_SECURE_BOOT_KEYS (set by `cargo xtask test`), or target/secure-boot-keys.
+pub fn secure_boot_keys() -> PathBuf {
+    std::env::var_os("BPI_SECURE_BOOT_KEYS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/secure-boot-keys"))
+}

@@ -11,7 +11,24 @@ use crate::logscan;
 use crate::qga::{Agent, ExecOutput};
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// OVMF built with Secure Boot (it needs SMM to guard its variables).
+pub const OVMF_CODE_SECURE_BOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+/// Variables with no keys at all: Secure Boot in Setup Mode.
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// The machine's firmware.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    /// OVMF without SMM: the machine of most tests, its variables empty, so
+    /// nothing is enforced (Debian's build would enforce keys if enrolled,
+    /// but could not keep them from the OS).
+    Ovmf,
+    /// OVMF with Secure Boot and SMM guarding its variables: enforced once a
+    /// PK is enrolled.
+    OvmfSecureBoot,
+    /// SeaBIOS, QEMU's (and Proxmox's) default: no pflash at all.
+    SeaBios,
+}
 
 /// How long a boot may take under TCG before the harness gives up.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -48,6 +65,7 @@ pub struct VmOptions {
     /// Let the guest reboot (no -no-reboot): QEMU keeps running across
     /// reboots, as a machine does when its boot counter falls back.
     pub allow_reboot: bool,
+    pub firmware: Firmware,
 }
 
 /// A raw file attached as a virtio disk and written in place (no overlay).
@@ -75,6 +93,7 @@ impl VmOptions {
             smbios: Vec::new(),
             host_access: false,
             allow_reboot: false,
+            firmware: Firmware::Ovmf,
         }
     }
 }
@@ -128,7 +147,8 @@ impl Machine {
         let mut cmd = Command::new("qemu-system-x86_64");
         // -no-reboot: a guest that reboots (a panic with panic=N, a failed
         // boot's reboot) ends QEMU, and the harness sees it at once.
-        cmd.args(["-machine", "q35", "-accel", &accel, "-m", "2048", "-smp", "2", "-nodefaults", "-display", "none"]);
+        let smm = if self.opts.firmware == Firmware::OvmfSecureBoot { ",smm=on" } else { "" };
+        cmd.args(["-machine", &format!("q35{smm}"), "-accel", &accel, "-m", "2048", "-smp", "2", "-nodefaults", "-display", "none"]);
         if !self.opts.allow_reboot {
             cmd.arg("-no-reboot");
         } else {
@@ -137,9 +157,20 @@ impl Machine {
             // guest that hangs in shutdown then comes back by itself.
             cmd.args(["-global", "ICH9-LPC.noreboot=false"]);
         }
+        let code = match self.opts.firmware {
+            Firmware::Ovmf => Some(OVMF_CODE),
+            Firmware::OvmfSecureBoot => {
+                // Only SMM code may write the variables (the keys).
+                cmd.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+                Some(OVMF_CODE_SECURE_BOOT)
+            }
+            Firmware::SeaBios => None,
+        };
+        if let Some(code) = code {
+            cmd.args(["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={code}")])
+                .args(["-drive", &format!("if=pflash,format=raw,unit=1,file={}", self.path("vars.fd").display())]);
+        }
         cmd
-            .args(["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}")])
-            .args(["-drive", &format!("if=pflash,format=raw,unit=1,file={}", self.path("vars.fd").display())])
             .args(["-drive", &format!("if=none,id=disk0,format=qcow2,file={}", self.path("disk.qcow2").display())])
             .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"])
             .args(["-serial", &format!("file:{}", self.path(&format!("serial-{boot_no}.log")).display())])

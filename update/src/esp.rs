@@ -22,6 +22,21 @@ pub fn find() -> Result<PathBuf> {
     anyhow::bail!("no ESP with EFI/Linux under /efi, /boot/efi or /boot: is this node booted through systemd-boot?")
 }
 
+/// Updates in place boot through systemd-boot (its boot counting is the
+/// fallback): a node booted through BIOS (GRUB) is refused before anything
+/// is written (docs/boot.md).
+pub fn require_uefi(efi_dir: &Path) -> Result<()> {
+    if !efi_dir.is_dir() {
+        return Err(bpi_support::exit::Failure::CheckFailed(
+            "this node booted through BIOS (GRUB): updates in place need UEFI, whose boot loader counts tries and falls back; \
+             reinstall with the new image, or boot this disk under UEFI (docs/boot.md)"
+                .into(),
+        )
+        .into());
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Entry {
     pub file: String,
@@ -121,6 +136,15 @@ fn sync_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bios_booted_node_is_refused_with_the_check_failed_code() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(require_uefi(d.path()).is_ok());
+        let e = require_uefi(&d.path().join("efi")).unwrap_err();
+        assert!(e.to_string().contains("booted through BIOS"), "{e}");
+        assert_eq!(bpi_support::exit::code_of(&e), bpi_support::exit::CHECK_FAILED);
+    }
 
     #[test]
     fn install_count_bless_and_default() {

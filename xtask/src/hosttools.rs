@@ -29,6 +29,18 @@ pub const BUILD: &[(&str, &str)] = &[
     ("clang", "clang"),
     ("/usr/include/bpf/bpf_helpers.h", "libbpf-dev"),
     ("/usr/include/linux/bpf.h", "linux-libc-dev"),
+    // Secure Boot: keys (openssl), signature lists and authenticated
+    // variables (efitools), Authenticode signing (sbsigntool).
+    ("openssl", "openssl"),
+    ("cert-to-efi-sig-list", "efitools"),
+    ("sign-efi-sig-list", "efitools"),
+    ("sbsign", "sbsigntool"),
+    ("sbverify", "sbsigntool"),
+    // sbsign's signing time frozen at the build's epoch (reproducibility).
+    ("faketime", "faketime"),
+    // BIOS boot: GRUB's i386-pc boot sector and core image (docs/boot.md).
+    ("grub-mkimage", "grub-common"),
+    ("/usr/lib/grub/i386-pc/boot.img", "grub-pc-bin"),
 ];
 
 pub const TEST: &[(&str, &str)] = &[

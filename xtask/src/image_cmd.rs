@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use bpi_image::{build, compare, rootfs, sources::Sources};
+use bpi_image::{build, compare, rootfs, secureboot::{self, KeySet}, sources::Sources};
 use bpi_support::{progress, Cmd, Steps};
 
 use crate::{buildenv, cargo, hosttools, workspace_root};
@@ -29,6 +29,11 @@ pub struct BuildArgs {
     /// For the update test only: an image whose boot health check fails.
     #[arg(long, hide = true)]
     pub test_break_health: bool,
+    /// Sign systemd-boot and the UKI for Secure Boot with the db key of this
+    /// key set (`cargo xtask keys`), and carry its public keys on the ESP for
+    /// enrollment. Unsigned without it.
+    #[arg(long, env = "BPI_SIGN_WITH", value_name = "DIR")]
+    pub sign_with: Option<PathBuf>,
 }
 
 pub fn build_image(args: &BuildArgs) -> Result<()> {
@@ -40,6 +45,7 @@ pub fn build_image(args: &BuildArgs) -> Result<()> {
     let out = args.out.clone().unwrap_or_else(|| target.join("image"));
     let work = out.with_file_name(format!("{}-work", out.file_name().and_then(|n| n.to_str()).unwrap_or("image")));
     let signer = update_key()?;
+    let keys = args.sign_with.as_deref().map(KeySet::open).transpose()?;
     let opts = build::BuildOptions {
         source_dir: root.clone(),
         out_dir: out.clone(),
@@ -51,12 +57,13 @@ pub fn build_image(args: &BuildArgs) -> Result<()> {
         update_signer: &signer,
         update_valid_secs: UPDATE_VALID_DAYS * 86400,
         break_health: args.test_break_health,
+        sign_with: keys.as_ref(),
     };
     let first = build::build(&opts, &steps)?;
     report(&out, &first)?;
     if args.check_reproducible {
         let second = steps.step("second build: another checkout, umask 077, TZ=Asia/Tokyo, C.UTF-8, cold cache", || {
-            second_build(&target.join("reproduce"), args.mirror.as_deref(), &opts.version)
+            second_build(&target.join("reproduce"), args.mirror.as_deref(), &opts.version, args.sign_with.as_deref())
         })?;
         match compare::first_differing_partition(&first, &second.manifest) {
             None => progress::note(&format!("reproducible: both builds give sha256 {} for bpi-os.raw", first.disk.sha256)),
@@ -107,7 +114,7 @@ struct SecondBuild {
 /// another path whose files have the modes a checkout under umask 077 gets,
 /// with its own cargo target directory and an empty base cache, by
 /// `cargo xtask build-image` run under umask 077, TZ=Asia/Tokyo and C.UTF-8.
-fn second_build(dir: &Path, mirror: Option<&str>, version: &str) -> Result<SecondBuild> {
+fn second_build(dir: &Path, mirror: Option<&str>, version: &str, sign_with: Option<&Path>) -> Result<SecondBuild> {
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
@@ -117,6 +124,10 @@ fn second_build(dir: &Path, mirror: Option<&str>, version: &str) -> Result<Secon
     let mut build = vec!["xtask".to_string(), "build-image".to_string(), "--version".to_string(), version.to_string()];
     if let Some(m) = mirror {
         build.extend(["--mirror".to_string(), m.to_string()]);
+    }
+    // The same key: a signature is reproducible only for the same key.
+    if let Some(k) = sign_with {
+        build.extend(["--sign-with".to_string(), std::fs::canonicalize(k)?.display().to_string()]);
     }
     Cmd::new("sh")
         .args(["-c", "umask 077 && exec \"$0\" \"$@\""])
@@ -210,4 +221,43 @@ pub fn lock(mirror: Option<&str>) -> Result<()> {
     std::fs::write(&path, lock.render()).with_context(|| format!("writing {}", path.display()))?;
     progress::note(&format!("wrote {} ({} packages)", path.display(), lock.debs.len()));
     Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct KeysArgs {
+    /// Where the key set goes (a new directory, outside the source tree).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// The certificates' common name prefix.
+    #[arg(long, default_value = "bpi-os development")]
+    pub owner: String,
+}
+
+/// `cargo xtask keys`: a development Secure Boot key set.
+pub fn keys(args: &KeysArgs) -> Result<()> {
+    hosttools::ensure(&[hosttools::BUILD])?;
+    let out = std::path::absolute(&args.out)?;
+    if out.starts_with(workspace_root()) && !out.starts_with(buildenv::target_dir()?) {
+        bail!("{} is inside the source tree: private keys do not belong where git could pick them up", out.display());
+    }
+    let set = secureboot::make_keys(&out, &args.owner)?;
+    progress::note(&format!(
+        "made PK, KEK and db in {} (db certificate sha256 {}); sign with `cargo xtask build-image --sign-with {}`",
+        out.display(),
+        set.db_fingerprint()?,
+        out.display()
+    ));
+    Ok(())
+}
+
+/// The development key set the test suite signs its images with, made on
+/// first use under the target directory.
+pub fn test_keys() -> Result<PathBuf> {
+    let dir = buildenv::target_dir()?.join("secure-boot-keys");
+    if !dir.join("PK.auth").exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        secureboot::make_keys(&dir, "bpi-os test")?;
+        progress::note(&format!("made the test suite's Secure Boot key set in {}", dir.display()));
+    }
+    Ok(dir)
 }

@@ -33,6 +33,8 @@ enum Command {
     Test(test_cmd::TestArgs),
     /// Only the QEMU suite, against the image already built.
     QemuTest(test_cmd::QemuArgs),
+    /// Make a development Secure Boot key set (PK, KEK, db) for --sign-with.
+    Keys(image_cmd::KeysArgs),
     /// Benchmarks, as ratios against reference tools run alongside.
     Bench,
     /// The fuzz targets (fuzz/), each for --seconds (300 by default).
@@ -47,6 +49,7 @@ fn main() {
         Command::Lock { mirror } => image_cmd::lock(mirror.as_deref()),
         Command::Test(args) => test_cmd::test(&args),
         Command::QemuTest(args) => test_cmd::qemu_test(&args),
+        Command::Keys(args) => image_cmd::keys(&args),
         Command::Bench => bench_cmd::bench(),
         Command::Fuzz(args) => fuzz_cmd::fuzz(&args),
     });

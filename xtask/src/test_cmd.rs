@@ -38,8 +38,15 @@ pub fn test(args: &TestArgs) -> Result<()> {
         steps.step(&format!("fuzz targets, {} s each", fuzz_cmd::TEST_SECONDS), || {
             fuzz_cmd::run(fuzz_cmd::TARGETS, fuzz_cmd::TEST_SECONDS, &steps).map(|_| ())
         })?;
-        steps.step("image, built twice and compared (reproducibility)", || {
-            image_cmd::build_image(&image_cmd::BuildArgs { mirror: None, check_reproducible: true, version: None, out: None, test_break_health: false })
+        steps.step("image, signed with the test keys, built twice and compared (reproducibility)", || {
+            image_cmd::build_image(&image_cmd::BuildArgs {
+                mirror: None,
+                check_reproducible: true,
+                version: None,
+                out: None,
+                test_break_health: false,
+                sign_with: Some(image_cmd::test_keys()?),
+            })
         })?;
         steps.step("QEMU end-to-end suite", || run_qemu_suite(&args.qemu, &skips))
     })();
@@ -90,6 +97,7 @@ fn build_update_images() -> Result<std::path::PathBuf> {
             version: Some(version),
             out: Some(dir.join(name)),
             test_break_health: break_health,
+            sign_with: Some(image_cmd::test_keys()?),
         })?;
         // Only the bundle and manifest are used; the disk images are not.
         for f in ["bpi-os.raw", "bpi-os.qcow2"] {
@@ -117,6 +125,7 @@ fn run_qemu_suite(args: &QemuArgs, skips: &Path) -> Result<()> {
         .args(["test", "--locked", "-p", "bpi-qemu-tests", "--", "--test-threads=1", "--nocapture"])
         .env("BPI_IMAGE_DIR", buildenv::target_dir()?.join("image"))
         .env("BPI_UPDATE_IMAGES_DIR", &updates)
+        .env("BPI_SECURE_BOOT_KEYS", image_cmd::test_keys()?)
         .env("BPI_QEMU_ACCEL", &args.accel)
         .env(skip::LOG_ENV, skips)
         .current_dir(workspace_root())

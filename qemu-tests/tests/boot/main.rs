@@ -4,8 +4,10 @@
 //! the first boot, which has no provisioning) and the ledger service
 //! (ledger.rs, an entry before the reboot checked after it).
 
+mod bios;
 mod data_plane;
 mod ledger;
+mod secure_boot;
 
 use std::time::Duration;
 
@@ -14,7 +16,8 @@ use bpi_image::manifest::Manifest;
 use bpi_formats::layout::{self, Home};
 use bpi_qemu_tests::image_dir;
 use bpi_qemu_tests::logscan::tail;
-use bpi_qemu_tests::vm::{copy_image, flip_byte, Machine, VmOptions};
+use bpi_qemu_tests::fixtures;
+use bpi_qemu_tests::vm::{copy_image, flip_byte, ExtraDisk, Firmware, Machine, VmOptions};
 
 fn manifest() -> Result<Manifest> {
     Manifest::load(&image_dir().join("manifest.json"))
@@ -37,21 +40,30 @@ fn tampered_copy(offset: u64) -> Result<(tempfile::TempDir, std::path::PathBuf)>
 }
 
 #[test]
-fn boots_read_only_verity_root_and_keeps_state_across_reboot() -> Result<()> {
+fn boots_under_secure_boot_read_only_verity_root_and_keeps_state_across_reboot() -> Result<()> {
     let m = manifest()?;
-    // With a TPM2 (swtpm): first boot creates the encrypted store sealed to it.
+    ensure!(m.signed_by.is_some(), "the image under test is unsigned: `cargo xtask test` builds it with --sign-with (docs/boot.md)");
+    // OVMF with Secure Boot, its variables empty (Setup Mode), and a TPM2
+    // (swtpm): systemd-boot enrolls the image's keys and resets; from then on
+    // the firmware checks every image it starts, and the first boot of Linux
+    // creates the encrypted store sealed to PCR 7, which now measures the
+    // Secure Boot state and keys.
     let tpm = tempfile::tempdir()?;
     let mut opts = VmOptions::new(raw());
     opts.tpm_state = Some(tpm.path().to_path_buf());
+    opts.firmware = Firmware::OvmfSecureBoot;
     let ports = data_plane::Ports::add_to(&mut opts)?;
     let machine = Machine::new(opts)?;
+    secure_boot::enroll(&machine)?;
+
     let mut vm = machine.start(1)?;
     data_plane::wait_ssh(&vm, &ports)?;
     let took = vm.wait_booted()?;
-    eprintln!("FIGURE boot to multi-user.target (first boot, {}): {:.1}s", machine.opts.accel, took.as_secs_f64());
+    eprintln!("FIGURE boot to multi-user.target (first boot, OVMF with Secure Boot, {}): {:.1}s", machine.opts.accel, took.as_secs_f64());
     eprintln!("{}", vm.sh("systemd-analyze time || true")?.trim());
     vm.check_logs()?;
     ensure!(vm.sh("systemctl is-active multi-user.target")?.trim() == "active");
+    secure_boot::check_on(&vm)?;
 
     // The root: erofs on dm-verity, read-only, pinned to the built root hash.
     let root = vm.sh("findmnt -no FSTYPE,SOURCE,OPTIONS /")?;
@@ -127,58 +139,90 @@ fn boots_read_only_verity_root_and_keeps_state_across_reboot() -> Result<()> {
     // The data plane configured on the first boot attaches by itself on this one.
     let ebpf: serde_json::Value = serde_json::from_str(&vm.sh("bpi-os nxos ebpf status --json")?)?;
     ensure!(ebpf["links"][0]["hook"]["program_name"].as_str().is_some_and(|n| n.starts_with("xdp_trust")), "the data plane did not attach from its saved config: {ebpf}");
-    vm.poweroff()
+    // A certificate appended to db (an update signed by KEK, written from
+    // the running system): the boot chain still verifies, but PCR 7 differs
+    // from the seal, the TPM2 keeps the key, and the recovery key opens it.
+    secure_boot::append_to_db(&vm)?;
+    vm.poweroff()?;
+    let vm = machine.start(3)?;
+    secure_boot::store_stays_locked_until_recovery(vm, key.trim(), &token)?;
+
+    // One byte of the UKI changed: the firmware refuses it.
+    let vm = machine.start(4)?;
+    secure_boot::changed_uki_is_refused(vm)
 }
 
 #[test]
-fn a_changed_byte_in_the_root_superblock_is_refused() -> Result<()> {
+fn a_changed_byte_in_the_root_superblock_is_refused_under_uefi_and_bios() -> Result<()> {
     // erofs's superblock (magic at 1024) is the first thing mounting reads.
     let (_dir, copy) = tampered_copy(1024)?;
-    let machine = Machine::new(VmOptions::new(copy))?;
-    let mut vm = machine.start(1)?;
-    // The initrd's emergency action is a reboot (a counted boot uses a try):
-    // under -no-reboot QEMU exits on its own.
-    vm.wait_exit(Duration::from_secs(600))?;
-    let log = vm.serial();
-    ensure!(
-        log.contains("device-mapper: verity") && log.contains("corrupted"),
-        "no verity error in the serial log:\n{}",
-        tail(&log, 40)
-    );
-    ensure!(!log.contains("Reached target Multi-User System"), "the tampered root booted:\n{}", tail(&log, 40));
-    eprintln!("tampered superblock: boot refused with: {}", log.lines().find(|l| l.contains("corrupted")).unwrap_or(""));
+    for firmware in [Firmware::Ovmf, Firmware::SeaBios] {
+        let mut opts = VmOptions::new(copy.clone());
+        opts.firmware = firmware;
+        let machine = Machine::new(opts)?;
+        let mut vm = machine.start(1)?;
+        // The initrd's emergency action is a reboot (a counted boot uses a try):
+        // under -no-reboot QEMU exits on its own.
+        vm.wait_exit(Duration::from_secs(600))?;
+        let log = vm.serial();
+        ensure!(
+            log.contains("device-mapper: verity") && log.contains("corrupted"),
+            "no verity error in the serial log ({firmware:?}):\n{}",
+            tail(&log, 40)
+        );
+        ensure!(!log.contains("Reached target Multi-User System"), "the tampered root booted ({firmware:?}):\n{}", tail(&log, 40));
+        eprintln!("tampered superblock ({firmware:?}): boot refused with: {}", log.lines().find(|l| l.contains("corrupted")).unwrap_or(""));
+    }
     Ok(())
 }
 
 #[test]
 fn a_changed_byte_in_file_data_reads_as_io_error() -> Result<()> {
+    // (Under SeaBIOS: the installed disk of the BIOS test.)
     let m = manifest()?;
     let (_dir, copy) = tampered_copy(m.verity_canary.root_offset + 100)?;
     let machine = Machine::new(VmOptions::new(copy))?;
     let mut vm = machine.start(1)?;
     vm.wait_booted()?;
+    canary_reads_as_io_error(&vm, &m)?;
+    vm.check_logs()?;
+    vm.poweroff()
+}
+
+fn canary_reads_as_io_error(vm: &bpi_qemu_tests::vm::Vm, m: &Manifest) -> Result<()> {
     let read = vm.sh_any(&format!("cat {} > /dev/null", m.verity_canary.path))?;
     ensure!(read.code != 0, "reading the tampered file succeeded");
     ensure!(read.stderr.contains("Input/output error"), "expected an I/O error, got: {}", read.stderr);
     let kernel = vm.sh("journalctl -k -b --no-pager | grep -i 'verity' || true")?;
     ensure!(kernel.contains("corrupted"), "no verity corruption in the kernel log: {kernel}");
-    vm.check_logs()?;
-    vm.poweroff()
+    Ok(())
 }
 
 #[test]
-fn boots_with_proxmox_default_cpu_kvm64_and_the_harness_stops_at_a_panic() -> Result<()> {
+fn boots_with_proxmox_defaults_seabios_and_kvm64_installs_from_there_and_the_harness_stops_at_a_panic() -> Result<()> {
+    // Proxmox's defaults: SeaBIOS (no UEFI at all) and -cpu kvm64. No TPM2.
+    let work = tempfile::Builder::new().prefix("bpi-bios-").tempdir()?;
+    let target = work.path().join("target.raw");
+    fixtures::sparse(&target, 6 * fixtures::GIB)?;
     let mut opts = VmOptions::new(raw());
     opts.cpu = Some("kvm64".into());
+    opts.firmware = Firmware::SeaBios;
+    opts.extra_disks = vec![
+        ExtraDisk { file: target.clone(), serial: "bpi-target".into(), read_only: false },
+        ExtraDisk { file: fixtures::media(work.path())?, serial: "bpi-media".into(), read_only: true },
+    ];
     let machine = Machine::new(opts)?;
     let mut vm = machine.start(1)?;
     let took = vm.wait_booted()?;
-    eprintln!("FIGURE boot to multi-user.target with -cpu kvm64: {:.1}s", took.as_secs_f64());
+    eprintln!("FIGURE boot to multi-user.target under SeaBIOS with -cpu kvm64: {:.1}s", took.as_secs_f64());
     vm.check_logs()?;
+    bios::check_booted(&vm)?;
     // No TPM2 here: no store, and status says so plainly.
     let store: serde_json::Value = serde_json::from_str(&vm.sh("bpi-os store status --json")?)?;
     ensure!(store["initialized"] == false, "a store was made without a TPM2: {store}");
     ensure!(vm.sh("bpi-os status")?.contains("no encrypted store: there is no TPM2"), "status does not say the store is missing");
+    // An install from this BIOS-booted system, checked by booting it below.
+    bios::install(&vm)?;
 
     // The harness stops at a kernel panic on the console instead of waiting
     // out its timeout: crash this guest's kernel and watch it do so.
@@ -200,5 +244,22 @@ fn boots_with_proxmox_default_cpu_kvm64_and_the_harness_stops_at_a_panic() -> Re
     }
     ensure!(vm.serial().contains("Rebooting in 10 seconds"), "the panic did not announce its reboot:\n{}", tail(&vm.serial(), 20));
     eprintln!("the panicked guest reset itself {:.1}s after the crash (panic=10)", t.elapsed().as_secs_f64());
-    Ok(())
+    drop(vm);
+
+    // The installed disk under SeaBIOS, with one byte of the verity canary's
+    // data changed on it: it boots, and that file reads as an I/O error.
+    let m = manifest()?;
+    let root = m.root_partition().context("manifest has no root partition")?;
+    flip_byte(&target, root.offset + m.verity_canary.root_offset + 100)?;
+    let mut opts = VmOptions::new(target);
+    opts.cpu = Some("kvm64".into());
+    opts.firmware = Firmware::SeaBios;
+    let installed = Machine::new(opts)?;
+    let mut vm = installed.start(1)?;
+    let took = vm.wait_booted()?;
+    eprintln!("FIGURE boot of the disk installed from a BIOS-booted system, under SeaBIOS: {:.1}s", took.as_secs_f64());
+    bios::check_booted(&vm)?;
+    canary_reads_as_io_error(&vm, &m)?;
+    vm.check_logs()?;
+    vm.poweroff()
 }

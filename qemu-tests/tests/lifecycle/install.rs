@@ -10,29 +10,8 @@ use anyhow::{ensure, Context, Result};
 use bpi_qemu_tests::image_dir;
 use bpi_formats::layout::{self, Home};
 use bpi_qemu_tests::vm::{ExtraDisk, Machine, Vm, VmOptions};
-use bpi_support::Cmd;
 
-pub const GIB: u64 = 1 << 30;
-
-fn sparse(path: &Path, size: u64) -> Result<()> {
-    std::fs::File::create(path)?.set_len(size)?;
-    Ok(())
-}
-
-/// An ext4 file system image holding bpi-os.raw, SHA256SUMS and manifest.json,
-/// made from files (mke2fs -d), never mounted on the host.
-fn media(dir: &Path) -> Result<PathBuf> {
-    let files = dir.join("media-files");
-    std::fs::create_dir_all(&files)?;
-    for f in ["bpi-os.raw", "SHA256SUMS", "manifest.json"] {
-        Cmd::new("cp").arg("--sparse=always").arg(image_dir().join(f)).arg(files.join(f)).run()?;
-    }
-    let img = dir.join("media.ext4");
-    sparse(&img, 3 * GIB)?;
-    Cmd::new("mkfs.ext4").args(["-q", "-F", "-L", "bpi-media", "-d"]).arg(&files).arg(&img).run()?;
-    std::fs::remove_dir_all(&files)?;
-    Ok(img)
-}
+pub use bpi_qemu_tests::fixtures::{media, sparse, GIB};
 
 /// What the install leaves: the installed disk and the TPM2 it was sealed to
 /// (the same computer boots it next).
