@@ -286,11 +286,18 @@ mod tests {
         assert_eq!((g.as_str(), &back), (guid.as_str(), &parts));
         let big = tables(&guid, &parts, 64 << 20).unwrap();
         let moved = relocate(&t.primary, 64 << 20).unwrap();
-        assert_eq!((moved.primary, moved.backup, moved.backup_offset), (big.primary, big.backup, big.backup_offset));
+        assert_eq!((&moved.primary, &moved.backup, moved.backup_offset), (&big.primary, &big.backup, big.backup_offset));
         let mut bad = t.primary.clone();
         bad[2 * SECTOR as usize + 40] ^= 1;
         assert!(parse_primary(&bad).unwrap_err().to_string().contains("entries checksum"));
         assert!(parse_primary(&vec![0u8; HEAD_BYTES as usize]).is_err());
+        // GRUB's boot code in the protective MBR goes with the disk; the
+        // partition record after it is the new disk's.
+        let mut with_code = t.primary.clone();
+        with_code[..MBR_CODE_BYTES].fill(0xb8);
+        let moved = relocate(&with_code, 64 << 20).unwrap();
+        assert!(moved.primary[..MBR_CODE_BYTES].iter().all(|&b| b == 0xb8));
+        assert_eq!(moved.primary[MBR_CODE_BYTES..], big.primary[MBR_CODE_BYTES..]);
     }
 
     #[test]

@@ -175,4 +175,28 @@ mod tests {
         let err = KeySet::open(dir.path()).unwrap_err().to_string();
         assert!(err.contains("not a complete Secure Boot key set") && err.contains("PK.auth") && err.contains("cargo xtask keys"), "{err}");
     }
+
+    /// Host tools (openssl, efitools, sbsigntool, faketime; `cargo xtask
+    /// test` installs them): a key set, and systemd-boot signed twice with it.
+    #[test]
+    fn keys_sign_reproducibly_and_only_the_db_key_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = make_keys(&dir.path().join("keys"), "bpi-os unit test").unwrap();
+        for k in KEYS {
+            assert!(std::fs::metadata(set.auth(k)).unwrap().len() > std::fs::metadata(set.esl(k)).unwrap().len(), "{k}.auth holds no signature");
+        }
+        let again = make_keys(&dir.path().join("keys"), "x").unwrap_err().to_string();
+        assert!(again.contains("already holds a key set"), "{again}");
+
+        let stub = Path::new("/usr/lib/systemd/boot/efi/systemd-bootx64.efi");
+        let (a, b) = (dir.path().join("a.efi"), dir.path().join("b.efi"));
+        std::fs::copy(stub, &a).unwrap();
+        std::fs::copy(stub, &b).unwrap();
+        set.sign(&a, 1_700_000_000).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        set.sign(&b, 1_700_000_000).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "two signatures with one key and epoch differ");
+        assert_ne!(std::fs::read(&a).unwrap(), std::fs::read(stub).unwrap());
+        assert!(Cmd::new("sbverify").arg("--cert").arg(set.cert("KEK")).arg(&a).run().is_err(), "a signature by db verified against KEK");
+    }
 }

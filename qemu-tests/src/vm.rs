@@ -120,7 +120,8 @@ impl Machine {
             "{} does not exist: run `cargo xtask build-image` first",
             opts.base.display()
         );
-        let dir = tempfile::Builder::new().prefix("bpi-vm-").tempdir()?;
+        // BPI_QEMU_KEEP=1 keeps the machine's files (serial logs) for a post-mortem.
+        let dir = tempfile::Builder::new().prefix("bpi-vm-").disable_cleanup(std::env::var_os("BPI_QEMU_KEEP").is_some()).tempdir()?;
         Cmd::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
             .arg(&opts.base)
@@ -139,8 +140,29 @@ impl Machine {
         std::fs::read_to_string(self.path(&format!("serial-{boot_no}.log"))).unwrap_or_default()
     }
 
-    /// Powers the machine on; `boot_no` names its serial log.
+    /// Powers the machine on; `boot_no` (from 1) names its serial log.
+    /// Under OVMF, the first start of a disk whose ESP carries Secure Boot
+    /// keys (a signed image) is preceded by boot 0, in which systemd-boot
+    /// enrolls them (the variables start in Setup Mode) and resets, as a new
+    /// machine does on its first boot; from then on Secure Boot is on.
     pub fn start(&self, boot_no: u32) -> Result<Vm<'_>> {
+        anyhow::ensure!(boot_no > 0, "boot 0 is the harness's enrollment boot");
+        if self.opts.firmware != Firmware::SeaBios && !self.path(ENROLLED).exists() && carries_secure_boot_keys(&self.opts.base)? {
+            let mut vm = self.spawn(0)?;
+            vm.wait_exit(Duration::from_secs(600))?;
+            let log = vm.serial();
+            anyhow::ensure!(
+                log.contains(ENROLL_MESSAGE),
+                "the disk carries Secure Boot keys, but boot 0 did not enroll them:\n{}",
+                logscan::tail(&log, 20)
+            );
+            eprintln!("  boot 0: systemd-boot enrolled the image's Secure Boot keys ({:.1}s)", vm.started.elapsed().as_secs_f64());
+            std::fs::write(self.path(ENROLLED), b"")?;
+        }
+        self.spawn(boot_no)
+    }
+
+    fn spawn(&self, boot_no: u32) -> Result<Vm<'_>> {
         let accel = effective_accel(&self.opts.accel);
         let sock = self.path("qga.sock");
         let _ = std::fs::remove_file(&sock);
@@ -149,7 +171,7 @@ impl Machine {
         // boot's reboot) ends QEMU, and the harness sees it at once.
         let smm = if self.opts.firmware == Firmware::OvmfSecureBoot { ",smm=on" } else { "" };
         cmd.args(["-machine", &format!("q35{smm}"), "-accel", &accel, "-m", "2048", "-smp", "2", "-nodefaults", "-display", "none"]);
-        if !self.opts.allow_reboot {
+        if !self.opts.allow_reboot || boot_no == 0 {
             cmd.arg("-no-reboot");
         } else {
             // Let the ICH9 TCO watchdog reset the machine, as a real board's
@@ -222,6 +244,29 @@ impl Machine {
         let child = cmd.spawn().context("starting qemu-system-x86_64")?;
         Ok(Vm { machine: self, child, swtpm, started: Instant::now(), boot_no })
     }
+}
+
+const ENROLLED: &str = "secure-boot-enrolled";
+/// What systemd-boot prints when it enrolls a key set.
+pub const ENROLL_MESSAGE: &str = "Enrolling secure boot keys from directory: \\loader\\keys\\auto";
+
+/// Whether the disk's ESP holds a key set for systemd-boot to enroll (read
+/// with mtools from the raw file, by the offset its GPT gives).
+pub fn carries_secure_boot_keys(disk: &Path) -> Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let mut head = vec![0u8; bpi_formats::gpt::HEAD_BYTES as usize];
+    std::fs::File::open(disk)?.read_exact_at(&mut head, 0).with_context(|| format!("reading the partition table of {}", disk.display()))?;
+    let (_, parts) = bpi_formats::gpt::parse_primary(&head)?;
+    let esp = parts.iter().find(|p| p.type_guid == bpi_formats::gpt::types::ESP).context("the disk has no ESP")?;
+    let listing = Command::new("mdir")
+        .arg("-b")
+        .arg("-i")
+        .arg(format!("{}@@{}", disk.display(), esp.offset()))
+        .arg("::/loader/keys/auto")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .context("running mdir (mtools)")?;
+    Ok(listing.status.success() && String::from_utf8_lossy(&listing.stdout).contains("PK.auth"))
 }
 
 /// KVM only when asked for and it answers within a few seconds; TCG otherwise.

@@ -54,9 +54,8 @@ fn boots_under_secure_boot_read_only_verity_root_and_keeps_state_across_reboot()
     opts.firmware = Firmware::OvmfSecureBoot;
     let ports = data_plane::Ports::add_to(&mut opts)?;
     let machine = Machine::new(opts)?;
-    secure_boot::enroll(&machine)?;
-
     let mut vm = machine.start(1)?;
+    secure_boot::check_enrolled(&machine)?;
     data_plane::wait_ssh(&vm, &ports)?;
     let took = vm.wait_booted()?;
     eprintln!("FIGURE boot to multi-user.target (first boot, OVMF with Secure Boot, {}): {:.1}s", machine.opts.accel, took.as_secs_f64());
@@ -252,6 +251,7 @@ fn boots_with_proxmox_defaults_seabios_and_kvm64_installs_from_there_and_the_har
     let root = m.root_partition().context("manifest has no root partition")?;
     flip_byte(&target, root.offset + m.verity_canary.root_offset + 100)?;
     let mut opts = VmOptions::new(target);
+    opts.disk_size = "6G";
     opts.cpu = Some("kvm64".into());
     opts.firmware = Firmware::SeaBios;
     let installed = Machine::new(opts)?;
