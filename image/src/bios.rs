@@ -45,10 +45,10 @@ pub fn initrd_path(version: &str) -> String {
 }
 pub const GRUB_CFG: &str = "grub/grub.cfg";
 
-/// The core image, built by grub-mkimage (its output depends only on the
-/// modules and the prefix: no timestamps), with its blocklist pointing at
-/// [`CORE_FIRST_LBA`].
-pub fn make_core(out: &Path) -> Result<Vec<u8>> {
+/// Writes the core image to `out`: built by grub-mkimage (its output depends
+/// only on the modules and the prefix: no timestamps), with its blocklist
+/// pointing at [`CORE_FIRST_LBA`].
+pub fn make_core(out: &Path) -> Result<()> {
     Cmd::new("grub-mkimage")
         .args(["-O", "i386-pc", "-p", PREFIX, "-d", GRUB_DIR, "-o"])
         .arg(out)
@@ -57,7 +57,8 @@ pub fn make_core(out: &Path) -> Result<Vec<u8>> {
         .context("grub-mkimage could not build the BIOS core image")?;
     let mut core = std::fs::read(out)?;
     place_core(&mut core, CORE_FIRST_LBA)?;
-    Ok(core)
+    std::fs::write(out, core)?;
+    Ok(())
 }
 
 /// Points diskboot's blocklist at the sectors after its own (the core image

@@ -158,10 +158,8 @@ pub fn build(opts: &BuildOptions<'_>, steps: &Steps) -> Result<Manifest> {
     })?;
     let core = work.join("core.img");
     let boot_code = steps.step("BIOS boot: GRUB core image and boot sector", || {
-        bios::make_core(&core).and_then(|bytes| {
-            std::fs::write(&core, bytes)?;
-            bios::boot_code(bios::CORE_FIRST_LBA)
-        })
+        bios::make_core(&core)?;
+        bios::boot_code(bios::CORE_FIRST_LBA)
     })?;
 
     for (file, max) in [(&erofs, slots::ROOT_SLOT_SIZE), (&hash_tree, slots::VERITY_SLOT_SIZE)] {

@@ -107,19 +107,28 @@ impl KeySet {
 /// db into PCR 7, so a store sealed before it no longer unseals.
 pub fn db_append_update(set: &KeySet, work: &Path, cn: &str) -> Result<PathBuf> {
     let (key, cert, esl, auth) = (work.join("extra-db.key"), work.join("extra-db.crt"), work.join("extra-db.esl"), work.join("extra-db-append.auth"));
+    let guid = std::fs::read_to_string(set.dir.join(OWNER_FILE))?.trim().to_string();
+    new_cert(cn, &key, &cert, &esl, &guid)?;
+    Cmd::new("sign-efi-sig-list").args(["-a", "-g"]).arg(&guid).arg("-k").arg(set.key("KEK")).arg("-c").arg(set.cert("KEK")).arg("db").arg(&esl).arg(&auth).run()?;
+    Ok(auth)
+}
+
+/// A new RSA-2048 certificate valid for ten years, its key (mode 0600) and
+/// the certificate as an EFI signature list owned by `guid`.
+fn new_cert(cn: &str, key: &Path, cert: &Path, esl: &Path, guid: &str) -> Result<()> {
     Cmd::new("openssl")
         .args(["req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "3650"])
         .arg("-subj")
         .arg(format!("/CN={cn}/"))
         .arg("-keyout")
-        .arg(&key)
+        .arg(key)
         .arg("-out")
-        .arg(&cert)
-        .run()?;
-    let guid = std::fs::read_to_string(set.dir.join(OWNER_FILE))?.trim().to_string();
-    Cmd::new("cert-to-efi-sig-list").arg("-g").arg(&guid).arg(&cert).arg(&esl).run()?;
-    Cmd::new("sign-efi-sig-list").args(["-a", "-g"]).arg(&guid).arg("-k").arg(set.key("KEK")).arg("-c").arg(set.cert("KEK")).arg("db").arg(&esl).arg(&auth).run()?;
-    Ok(auth)
+        .arg(cert)
+        .run()
+        .with_context(|| format!("openssl could not make the key for {cn}"))?;
+    std::fs::set_permissions(key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Cmd::new("cert-to-efi-sig-list").arg("-g").arg(guid).arg(cert).arg(esl).run()?;
+    Ok(())
 }
 
 /// Makes a development key set in `dir` (which must not hold one): RSA-2048
@@ -133,18 +142,7 @@ pub fn make_keys(dir: &Path, owner: &str) -> Result<KeySet> {
     let guid = std::fs::read_to_string("/proc/sys/kernel/random/uuid")?.trim().to_string();
     std::fs::write(dir.join(OWNER_FILE), format!("{guid}\n"))?;
     for k in KEYS {
-        Cmd::new("openssl")
-            .args(["req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "3650"])
-            .arg("-subj")
-            .arg(format!("/CN={owner} {k}/"))
-            .arg("-keyout")
-            .arg(set.key(k))
-            .arg("-out")
-            .arg(set.cert(k))
-            .run()
-            .with_context(|| format!("openssl could not make the {k} key"))?;
-        std::fs::set_permissions(set.key(k), std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        Cmd::new("cert-to-efi-sig-list").arg("-g").arg(&guid).arg(set.cert(k)).arg(set.esl(k)).run()?;
+        new_cert(&format!("{owner} {k}"), &set.key(k), &set.cert(k), &set.esl(k), &guid)?;
     }
     // Each list signed by the key above it; PK by itself.
     for (k, signer) in [("PK", "PK"), ("KEK", "PK"), ("db", "KEK")] {

@@ -258,15 +258,12 @@ pub fn carries_secure_boot_keys(disk: &Path) -> Result<bool> {
     std::fs::File::open(disk)?.read_exact_at(&mut head, 0).with_context(|| format!("reading the partition table of {}", disk.display()))?;
     let (_, parts) = bpi_formats::gpt::parse_primary(&head)?;
     let esp = parts.iter().find(|p| p.type_guid == bpi_formats::gpt::types::ESP).context("the disk has no ESP")?;
-    let listing = Command::new("mdir")
-        .arg("-b")
-        .arg("-i")
-        .arg(format!("{}@@{}", disk.display(), esp.offset()))
-        .arg("::/loader/keys/auto")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .output()
-        .context("running mdir (mtools)")?;
-    Ok(listing.status.success() && String::from_utf8_lossy(&listing.stdout).contains("PK.auth"))
+    // mdir fails on a missing directory: an unsigned image.
+    match Cmd::new("mdir").arg("-b").arg("-i").arg(format!("{}@@{}", disk.display(), esp.offset())).arg("::/loader/keys/auto").env("MTOOLS_SKIP_CHECK", "1").output() {
+        Ok(listing) => Ok(listing.contains("PK.auth")),
+        Err(bpi_support::cmd::CmdError::Failed { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// KVM only when asked for and it answers within a few seconds; TCG otherwise.
@@ -488,4 +485,19 @@ pub fn flip_byte(path: &Path, offset: u64) -> Result<()> {
     f.write_all_at(&b, offset)?;
     f.sync_all()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The suite's image is built signed (`cargo xtask test`), so its ESP
+    /// carries a key set; a disk whose GPT names no ESP is an error.
+    #[test]
+    fn the_signed_test_image_carries_its_keys() {
+        let raw = crate::image_dir().join("bpi-os.raw");
+        assert!(super::carries_secure_boot_keys(&raw).unwrap(), "{} carries no key set", raw.display());
+        let dir = tempfile::tempdir().unwrap();
+        let blank = dir.path().join("blank.raw");
+        std::fs::write(&blank, vec![0u8; 64 << 10]).unwrap();
+        assert!(super::carries_secure_boot_keys(&blank).is_err());
+    }
 }
