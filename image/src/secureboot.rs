@@ -46,7 +46,7 @@ impl KeySet {
         }
         if !missing.is_empty() {
             bail!(
-                "{} is not a complete Secure Boot key set (missing {}): make one with `cargo xtask keys --out {}`",
+                "{} is not a complete Secure Boot key set (missing or not regular files: {}): make one with `cargo xtask keys --out {}`",
                 dir.display(),
                 missing.join(", "),
                 dir.display()

@@ -41,11 +41,12 @@ pub fn build_image(args: &BuildArgs) -> Result<()> {
     let root = workspace_root();
     let target = buildenv::target_dir()?;
     let steps = Steps::new("build-image");
+    // An incomplete key set is refused before minutes of building.
+    let keys = args.sign_with.as_deref().map(KeySet::open).transpose()?;
     let binary = steps.step("bpi-os release binary", build_binary)?;
     let out = args.out.clone().unwrap_or_else(|| target.join("image"));
     let work = out.with_file_name(format!("{}-work", out.file_name().and_then(|n| n.to_str()).unwrap_or("image")));
     let signer = update_key()?;
-    let keys = args.sign_with.as_deref().map(KeySet::open).transpose()?;
     let opts = build::BuildOptions {
         source_dir: root.clone(),
         out_dir: out.clone(),
