@@ -51,6 +51,9 @@ pub enum UpdateCommand {
         /// When the version offered is the running one, say so and exit 0 (bpi-update.service runs with this).
         #[arg(long)]
         if_newer: bool,
+        /// Boots the new version gets to pass its health check before systemd-boot falls back to the running one.
+        #[arg(long, default_value_t = bpi_formats::slots::TRIES, value_parser = clap::value_parser!(u32).range(1..=bpi_formats::slots::MAX_TRIES as i64))]
+        tries: u32,
         #[command(flatten)]
         json: Json,
     },
@@ -88,7 +91,7 @@ pub fn run(cmd: UpdateCommand) -> Result<()> {
     }
     match cmd {
         UpdateCommand::Check { from, json } => check(&from, json),
-        UpdateCommand::Apply { from, dry_run, reboot, if_newer, json } => apply_cmd(&from, dry_run, reboot, if_newer, json),
+        UpdateCommand::Apply { from, dry_run, reboot, if_newer, tries, json } => apply_cmd(&from, dry_run, reboot, if_newer, tries, json),
         UpdateCommand::Status { json } => {
             let s = status()?;
             if json.on() {
@@ -120,11 +123,11 @@ pub(crate) fn now() -> u64 {
 
 /// The offer, checked; a refusal (signature, expiry, version, size) is a
 /// "no" (exit 3), anything else an error.
-fn offer(from: &FromArgs, disk: &BootDisk, running: &str) -> Result<Offer> {
+fn offer(from: &FromArgs, disk: &BootDisk, running: &str, tries: u32) -> Result<Offer> {
     let src = source(from)?;
     let dirs: Vec<&Path> = KEY_DIRS.iter().map(Path::new).collect();
     let trusted = keys::load(&dirs)?;
-    let opts = CheckOptions { source: &src, keys: &trusted, now: now(), allow_downgrade: from.allow_downgrade };
+    let opts = CheckOptions { source: &src, keys: &trusted, now: now(), allow_downgrade: from.allow_downgrade, tries };
     // Fetching is an error of its own; what the metadata says is a refusal.
     let note = src.metadata()?;
     apply::check(&opts, &note, disk, running).map_err(|e| Failure::CheckFailed(format!("{e:#}; nothing was changed")).into())
@@ -133,7 +136,7 @@ fn offer(from: &FromArgs, disk: &BootDisk, running: &str) -> Result<Offer> {
 fn check(from: &FromArgs, json: Json) -> Result<()> {
     let disk = BootDisk::find()?;
     let running = apply::running_version()?;
-    match offer(from, &disk, &running) {
+    match offer(from, &disk, &running, bpi_formats::slots::TRIES) {
         Ok(o) => {
             if json.on() {
                 return json.print(&json!({"update": true, "offer": o}));
@@ -157,10 +160,10 @@ fn is_same(e: &anyhow::Error) -> bool {
     e.to_string().contains(" is the running version")
 }
 
-fn apply_cmd(from: &FromArgs, dry_run: bool, reboot: bool, if_newer: bool, json: Json) -> Result<()> {
+fn apply_cmd(from: &FromArgs, dry_run: bool, reboot: bool, if_newer: bool, tries: u32, json: Json) -> Result<()> {
     let mut disk = BootDisk::find()?;
     let running = apply::running_version()?;
-    let o = match offer(from, &disk, &running) {
+    let o = match offer(from, &disk, &running, tries) {
         Err(e) if if_newer && is_same(&e) => {
             if json.on() {
                 return json.print(&json!({"update": false, "running": running}));
@@ -208,7 +211,7 @@ fn apply_cmd(from: &FromArgs, dry_run: bool, reboot: bool, if_newer: bool, json:
             applied.bytes_written,
             applied.write_seconds,
             applied.verify_seconds,
-            bpi_formats::slots::TRIES,
+            o.tries,
             running
         );
     }

@@ -81,6 +81,9 @@ pub fn parse_uki_name(name: &str) -> Option<(String, Option<u32>, Option<u32>)> 
 
 /// Tries a freshly installed UKI gets before systemd-boot gives up on it.
 pub const TRIES: u32 = 3;
+/// The most `bpi-os update apply --tries` accepts: a version that fails this
+/// often would keep a node down for a long while before falling back.
+pub const MAX_TRIES: u32 = 10;
 
 #[cfg(test)]
 mod tests {

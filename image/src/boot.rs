@@ -32,6 +32,9 @@ pub struct UkiInputs<'a> {
     pub initrd: &'a Path,
     pub cmdline: &'a str,
     pub os_release: &'a str,
+    /// A signed build: the PCR 11 policy signed with this key set's PCR key
+    /// (`.pcrsig`, `.pcrpkey`), by the measure tool of this image root.
+    pub pcr: Option<(&'a crate::secureboot::KeySet, &'a Path)>,
 }
 
 /// Builds the UKI with objcopy, sections at the addresses systemd's stub expects.
@@ -47,9 +50,13 @@ pub fn make_uki(inp: &UkiInputs, work: &Path, out: &Path) -> Result<()> {
             format!("--change-section-vma=.{name}={vma:#x}"),
         ]
     };
-    Cmd::new("objcopy")
-        .args(section("osrel", &osrel, 0x20000))
-        .args(section("cmdline", &cmdline, 0x30000))
+    let mut objcopy = Cmd::new("objcopy").args(section("osrel", &osrel, 0x20000)).args(section("cmdline", &cmdline, 0x30000));
+    if let Some((keys, root)) = inp.pcr {
+        let sections = crate::pcr::Sections { kernel: inp.kernel, initrd: inp.initrd, cmdline: &cmdline, os_release: &osrel, public_key: &keys.pcr_public_key() };
+        let signature = crate::pcr::sign(root, &sections, &keys.pcr_key(), work)?;
+        objcopy = objcopy.args(section("pcrsig", &signature, 0x40000)).args(section("pcrpkey", &keys.pcr_public_key(), 0x50000));
+    }
+    objcopy
         .args(section("linux", inp.kernel, 0x2000000))
         .args(section("initrd", inp.initrd, 0x3000000))
         .arg(inp.stub)

@@ -130,6 +130,7 @@ pub fn build(opts: &BuildOptions<'_>, steps: &Steps) -> Result<Manifest> {
                 initrd: &boot_files.initrd,
                 cmdline: &cmdline,
                 os_release: &stage::os_release(&opts.version),
+                pcr: opts.sign_with.map(|k| (k, root.as_path())),
             },
             work,
             &uki,

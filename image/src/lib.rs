@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod compare;
 pub mod disk;
 pub mod packages;
+pub mod pcr;
 pub mod pe;
 pub mod rootfs;
 pub mod secureboot;

@@ -9,6 +9,9 @@
 //! self-signed, KEK by PK, db by KEK), sbsigntool signs the PE images
 //! (Authenticode, PKCS#7 with RSA-2048/SHA-256). systemd-boot enrolls the
 //! `.auth` files from the ESP when the firmware is in Setup Mode.
+//!
+//! Beside them, a PCR key (RSA-2048, no certificate): it signs the UKI's
+//! expected PCR 11 values (pcr.rs), and the store's TPM2 seal trusts it.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +25,10 @@ pub const KEYS: [&str; 3] = ["db", "KEK", "PK"];
 /// Where systemd-boot looks for a key set to enroll; `auto` is the one it
 /// enrolls by itself under `secure-boot-enroll force`.
 pub const ESP_KEYS_DIR: &str = "loader/keys/auto";
+
+/// The PCR policy key's files: the private key and its public half (PEM).
+const PCR_KEY: &str = "tpm2-pcr.key";
+const PCR_PUBLIC_KEY: &str = "tpm2-pcr.pem";
 
 /// The owner GUID of our signature list entries (efitools' -g).
 const OWNER_FILE: &str = "GUID.txt";
@@ -42,6 +49,11 @@ impl KeySet {
                 if !f.is_file() {
                     missing.push(f.display().to_string());
                 }
+            }
+        }
+        for f in [set.pcr_key(), set.pcr_public_key()] {
+            if !f.is_file() {
+                missing.push(f.display().to_string());
             }
         }
         if !missing.is_empty() {
@@ -66,6 +78,12 @@ impl KeySet {
     }
     pub fn auth(&self, k: &str) -> PathBuf {
         self.dir.join(format!("{k}.auth"))
+    }
+    pub fn pcr_key(&self) -> PathBuf {
+        self.dir.join(PCR_KEY)
+    }
+    pub fn pcr_public_key(&self) -> PathBuf {
+        self.dir.join(PCR_PUBLIC_KEY)
     }
 
     /// SHA-256 of the db certificate (DER), the name of what signed an image.
@@ -159,6 +177,9 @@ pub fn make_keys(dir: &Path, owner: &str) -> Result<KeySet> {
             .run()
             .with_context(|| format!("sign-efi-sig-list could not sign the {k} list"))?;
     }
+    Cmd::new("openssl").args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"]).arg(set.pcr_key()).run()?;
+    std::fs::set_permissions(set.pcr_key(), std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Cmd::new("openssl").args(["pkey", "-pubout", "-in"]).arg(set.pcr_key()).arg("-out").arg(set.pcr_public_key()).run()?;
     KeySet::open(dir)
 }
 

@@ -28,6 +28,10 @@ pub const MOUNT: &str = "/bpi/data/encrypted";
 pub const TPM_DEVICE: &str = "/dev/tpmrm0";
 pub const SIZE: u64 = 256 << 20;
 const CRYPTSETUP_HELPER: &str = "/usr/lib/systemd/systemd-cryptsetup";
+/// A signed UKI's PCR public key (its `.pcrpkey`), put here by the initrd
+/// (bpi-pcr-signature.service) with the signed policy beside it
+/// (tpm2-pcr-signature.json), where systemd-cryptsetup reads it at unlock.
+pub const SIGNED_PCR_PUBLIC_KEY: &str = "/run/systemd/tpm2-pcr-public-key.pem";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 pub enum Tpm2 {
@@ -56,7 +60,9 @@ pub enum Step {
     WriteRecoveryKey { path: PathBuf },
     LuksFormat { device: PathBuf },
     EnrollPassphrase { device: PathBuf },
-    EnrollTpm2 { device: PathBuf, pcrs: String },
+    /// With `pcr_public_key`: also a signed PCR 11 policy, so any UKI that
+    /// key signed unlocks the store (updates do not reseal it).
+    EnrollTpm2 { device: PathBuf, pcrs: String, pcr_public_key: Option<PathBuf> },
     ShowRecoveryKey,
 }
 
@@ -66,9 +72,15 @@ impl std::fmt::Display for Step {
             Step::WriteRecoveryKey { path } => write!(f, "write a new random recovery key to {} (mode 0600)", path.display()),
             Step::LuksFormat { device } => write!(f, "format {} as LUKS2, keyed by the recovery key", device.display()),
             Step::EnrollPassphrase { device } => write!(f, "enroll the operator's passphrase in {}", device.display()),
-            Step::EnrollTpm2 { device, pcrs } => {
+            Step::EnrollTpm2 { device, pcrs, pcr_public_key: None } => {
                 write!(f, "seal a second key to the TPM2 against PCR {pcrs} and enroll it in {}", device.display())
             }
+            Step::EnrollTpm2 { device, pcrs, pcr_public_key: Some(k) } => write!(
+                f,
+                "seal a second key to the TPM2 against PCR {pcrs} and PCR 11 as signed by the key in {} (the running UKI's), and enroll it in {}",
+                k.display(),
+                device.display()
+            ),
             Step::ShowRecoveryKey => write!(f, "show the recovery key once"),
         }
     }
@@ -113,7 +125,7 @@ pub fn init_plan(mut opts: InitOptions, when: When) -> Result<InitPlan> {
             opts.recovery_key_file = Some(PathBuf::from(FIRST_BOOT_KEY));
         }
     }
-    let steps = plan(&opts, tpm, holds)?;
+    let steps = plan(&opts, tpm, holds, running_pcr_public_key())?;
     Ok(InitPlan::Steps(opts, steps))
 }
 
@@ -161,8 +173,15 @@ impl Holds {
     }
 }
 
-/// The plan for `opts`, given the TPM2 and what the device holds.
-pub fn plan(opts: &InitOptions, tpm: Tpm, holds: Holds) -> Result<Vec<Step>> {
+/// The running UKI's PCR public key, when it is a signed one.
+pub fn running_pcr_public_key() -> Option<&'static Path> {
+    let k = Path::new(SIGNED_PCR_PUBLIC_KEY);
+    k.exists().then_some(k)
+}
+
+/// The plan for `opts`, given the TPM2, what the device holds and the
+/// running UKI's PCR public key, if it carries one.
+pub fn plan(opts: &InitOptions, tpm: Tpm, holds: Holds, pcr_public_key: Option<&Path>) -> Result<Vec<Step>> {
     let tpm_present = tpm == Tpm::Present;
     if holds == Holds::Luks {
         bail!("{} already holds a LUKS volume: the store exists (`bpi-os store status`)", opts.device.display());
@@ -192,7 +211,7 @@ pub fn plan(opts: &InitOptions, tpm: Tpm, holds: Holds) -> Result<Vec<Step>> {
         steps.push(Step::EnrollPassphrase { device: opts.device.clone() });
     }
     if tpm {
-        steps.push(Step::EnrollTpm2 { device: opts.device.clone(), pcrs: opts.pcrs.clone() });
+        steps.push(Step::EnrollTpm2 { device: opts.device.clone(), pcrs: opts.pcrs.clone(), pcr_public_key: pcr_public_key.map(Path::to_path_buf) });
     }
     if opts.recovery_key_file.is_none() {
         steps.push(Step::ShowRecoveryKey);
@@ -275,10 +294,12 @@ pub fn apply(steps: &[Step], passphrase: Option<&str>) -> Result<Option<String>>
                 drop(dir);
                 added?;
             }
-            Step::EnrollTpm2 { device, pcrs } => {
-                Cmd::new("systemd-cryptenroll")
-                    .arg("--tpm2-device=auto")
-                    .arg(format!("--tpm2-pcrs={pcrs}"))
+            Step::EnrollTpm2 { device, pcrs, pcr_public_key } => {
+                let mut enroll = Cmd::new("systemd-cryptenroll").arg("--tpm2-device=auto").arg(format!("--tpm2-pcrs={pcrs}"));
+                if let Some(k) = pcr_public_key {
+                    enroll = enroll.arg(format!("--tpm2-public-key={}", k.display())).arg("--tpm2-public-key-pcrs=11");
+                }
+                enroll
                     .arg(device)
                     .env("PASSWORD", &key)
                     .run()?;
@@ -471,27 +492,40 @@ mod tests {
 
     #[test]
     fn plans_follow_the_tpm_and_the_operators_choice() {
-        let with_tpm = plan(&opts(Tpm2::Auto, false), Tpm::Present, Holds::Nothing).unwrap();
+        let with_tpm = plan(&opts(Tpm2::Auto, false), Tpm::Present, Holds::Nothing, None).unwrap();
         assert_eq!(with_tpm.len(), 3);
         assert!(matches!(with_tpm[1], Step::EnrollTpm2 { .. }));
         assert_eq!(with_tpm[2], Step::ShowRecoveryKey);
         let mut with_pass = opts(Tpm2::No, false);
         with_pass.passphrase = Some("correct horse".into());
-        let p = plan(&with_pass, Tpm::Present, Holds::Nothing).unwrap();
+        let p = plan(&with_pass, Tpm::Present, Holds::Nothing, None).unwrap();
         assert_eq!(p[1], Step::EnrollPassphrase { device: "/dev/vdb4".into() });
         assert_eq!(p.last(), Some(&Step::ShowRecoveryKey));
-        let no_tpm = plan(&opts(Tpm2::Auto, false), Tpm::Absent, Holds::Nothing).unwrap_err().to_string();
+        let no_tpm = plan(&opts(Tpm2::Auto, false), Tpm::Absent, Holds::Nothing, None).unwrap_err().to_string();
         assert!(no_tpm.contains("--recovery-key-file") && no_tpm.contains("no TPM2 here"), "{no_tpm}");
-        let file = plan(&opts(Tpm2::Auto, true), Tpm::Absent, Holds::Nothing).unwrap();
+        let file = plan(&opts(Tpm2::Auto, true), Tpm::Absent, Holds::Nothing, None).unwrap();
         assert_eq!(file[0], Step::WriteRecoveryKey { path: "/root/rk".into() });
         assert_eq!(file.len(), 2);
-        assert!(plan(&opts(Tpm2::Yes, true), Tpm::Absent, Holds::Nothing).unwrap_err().to_string().contains("no TPM2"));
-        let off = plan(&opts(Tpm2::No, true), Tpm::Present, Holds::Nothing).unwrap();
+        assert!(plan(&opts(Tpm2::Yes, true), Tpm::Absent, Holds::Nothing, None).unwrap_err().to_string().contains("no TPM2"));
+        let off = plan(&opts(Tpm2::No, true), Tpm::Present, Holds::Nothing, None).unwrap();
         assert!(!off.iter().any(|s| matches!(s, Step::EnrollTpm2 { .. })));
-        assert!(plan(&opts(Tpm2::Auto, true), Tpm::Present, Holds::Luks).unwrap_err().to_string().contains("already holds"));
+        assert!(plan(&opts(Tpm2::Auto, true), Tpm::Present, Holds::Luks, None).unwrap_err().to_string().contains("already holds"));
         let mut bad = opts(Tpm2::Auto, true);
         bad.pcrs = "7+x".into();
-        assert!(plan(&bad, Tpm::Present, Holds::Nothing).is_err());
+        assert!(plan(&bad, Tpm::Present, Holds::Nothing, None).is_err());
+    }
+
+    #[test]
+    fn a_signed_uki_adds_its_pcr_11_policy_to_the_seal() {
+        let key = Path::new(SIGNED_PCR_PUBLIC_KEY);
+        let p = plan(&opts(Tpm2::Auto, false), Tpm::Present, Holds::Nothing, Some(key)).unwrap();
+        assert_eq!(p[1], Step::EnrollTpm2 { device: "/dev/vdb4".into(), pcrs: "7".into(), pcr_public_key: Some(key.into()) });
+        assert!(p[1].to_string().contains("PCR 7 and PCR 11 as signed by the key in /run/systemd/tpm2-pcr-public-key.pem"), "{}", p[1]);
+        let unsigned = plan(&opts(Tpm2::Auto, false), Tpm::Present, Holds::Nothing, None).unwrap();
+        assert!(matches!(&unsigned[1], Step::EnrollTpm2 { pcr_public_key: None, .. }));
+        // No TPM2 in the plan: no seal, signed or not.
+        let off = plan(&opts(Tpm2::No, true), Tpm::Present, Holds::Nothing, Some(key)).unwrap();
+        assert!(!off.iter().any(|s| matches!(s, Step::EnrollTpm2 { .. })));
     }
 
     #[test]

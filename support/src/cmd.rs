@@ -195,6 +195,46 @@ impl Cmd {
     }
 }
 
+/// A program started by [`Cmd::spawn_daemon`]: killed and reaped when dropped.
+pub struct Daemon {
+    child: std::process::Child,
+    cmdline: String,
+}
+
+impl Daemon {
+    /// Fails with the command line when the daemon has already exited.
+    pub fn check_running(&mut self) -> Result<(), CmdError> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Err(CmdError::Failed { cmdline: self.cmdline.clone(), status, stderr_tail: Vec::new() }),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Cmd {
+    /// Starts a helper that runs beside the caller (a software TPM, a
+    /// server), its output discarded; it stops when the guard is dropped.
+    pub fn spawn_daemon(mut self) -> Result<Daemon, CmdError> {
+        let cmdline = self.cmdline();
+        crate::progress::log(&format!("$ {cmdline} &"));
+        let child = self
+            .inner
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|source| CmdError::Spawn { cmdline: cmdline.clone(), source })?;
+        Ok(Daemon { child, cmdline })
+    }
+}
+
 /// Whether a program is on PATH.
 pub fn which(program: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;

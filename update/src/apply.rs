@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use bpi_formats::gpt::{self, Partition, HEAD_BYTES};
-use bpi_formats::slots::{Slot, TRIES};
+use bpi_formats::slots::Slot;
 use bpi_formats::update::{Metadata, Role};
 use bpi_installer::disk::io::{self, AlignedBuf};
 use bpi_ledger::checkpoint::NoteVerifier;
@@ -114,6 +114,9 @@ pub struct Offer {
     /// The version the target slot holds now, which the update replaces.
     pub replaces: Option<String>,
     pub download_bytes: u64,
+    /// Boots the new version gets to pass its health check before
+    /// systemd-boot falls back to the running one.
+    pub tries: u32,
 }
 
 pub struct CheckOptions<'a> {
@@ -122,6 +125,7 @@ pub struct CheckOptions<'a> {
     pub keys: &'a [NoteVerifier],
     pub now: u64,
     pub allow_downgrade: bool,
+    pub tries: u32,
 }
 
 /// Checks the fetched metadata note against this node; nothing is written.
@@ -141,6 +145,7 @@ pub fn check(o: &CheckOptions, note: &[u8], disk: &BootDisk, running_version: &s
         running_version: running_version.to_string(),
         target_slot: target.name,
         replaces: t.version.clone(),
+        tries: o.tries,
         metadata: m,
     })
 }
@@ -158,7 +163,13 @@ pub fn describe(o: &Offer) -> Vec<String> {
         },
         format!("write {} and {} to slot {slot} with direct I/O, then read both back and check their sha256", m.file(Role::Root).name, m.file(Role::Verity).name),
         format!("activate slot {slot}: partition UUIDs from root hash {}, labels for {}", m.root_hash, m.version),
-        format!("install {} on the ESP as {} ({TRIES} tries; a healthy boot blesses it, three failed boots fall back to {})", m.file(Role::Uki).name, bpi_formats::slots::uki_name(&m.version, Some(TRIES)), o.running_version),
+        format!(
+            "install {} on the ESP as {} ({} tries: a healthy boot blesses it; when every try fails its health check, systemd-boot falls back to {})",
+            m.file(Role::Uki).name,
+            bpi_formats::slots::uki_name(&m.version, Some(o.tries)),
+            o.tries,
+            o.running_version
+        ),
         "clear any default entry in loader.conf, so systemd-boot boots the newest version".into(),
     ]
 }
@@ -229,7 +240,7 @@ pub fn apply(o: &Offer, source: &Source, disk: &mut BootDisk, esp_dir: &Path, st
     })?;
     let uki = steps.step("install the UKI with tries left", || -> Result<String> {
         esp::remove_version(esp_dir, &m.version)?;
-        let name = esp::install(esp_dir, &file(Role::Uki), &m.version, TRIES)?;
+        let name = esp::install(esp_dir, &file(Role::Uki), &m.version, o.tries)?;
         esp::set_default(esp_dir, None)?;
         Ok(name)
     })?;

@@ -41,6 +41,9 @@ pub const BUILD: &[(&str, &str)] = &[
     // BIOS boot: GRUB's i386-pc boot sector and core image (docs/boot.md).
     ("grub-mkimage", "grub-common"),
     ("/usr/lib/grub/i386-pc/boot.img", "grub-pc-bin"),
+    // A signed UKI's PCR 11 policy: systemd 252's systemd-measure needs a
+    // TPM for the policy digest, a software one here (image/src/pcr.rs).
+    ("swtpm", "swtpm"),
 ];
 
 pub const TEST: &[(&str, &str)] = &[
@@ -60,8 +63,7 @@ pub const TEST: &[(&str, &str)] = &[
     ("cryptsetup", "cryptsetup-bin"),
     // The independent ledger verifier (tools/verify-ledger.py).
     ("python3", "python3"),
-    // Software TPM2 for the encrypted store's QEMU tests.
-    ("swtpm", "swtpm"),
+    // (swtpm, the encrypted store's TPM2 in the QEMU tests, is in BUILD.)
     // Provisioning's QEMU tests: a cloud-init ISO made as Proxmox makes it,
     // and SSH into the guest (keys, host key scan, login).
     ("genisoimage", "genisoimage"),

@@ -243,7 +243,7 @@ pub fn keys(args: &KeysArgs) -> Result<()> {
     }
     let set = secureboot::make_keys(&out, &args.owner)?;
     progress::note(&format!(
-        "made PK, KEK and db in {} (db certificate sha256 {}); sign with `cargo xtask build-image --sign-with {}`",
+        "made PK, KEK, db and the PCR policy key in {} (db certificate sha256 {}); sign with `cargo xtask build-image --sign-with {}`",
         out.display(),
         set.db_fingerprint()?,
         out.display()
@@ -255,7 +255,8 @@ pub fn keys(args: &KeysArgs) -> Result<()> {
 /// first use under the target directory.
 pub fn test_keys() -> Result<PathBuf> {
     let dir = buildenv::target_dir()?.join("secure-boot-keys");
-    if !dir.join("PK.auth").exists() {
+    // (A set made before the PCR key existed is made again.)
+    if secureboot::KeySet::open(&dir).is_err() {
         let _ = std::fs::remove_dir_all(&dir);
         secureboot::make_keys(&dir, "bpi-os test")?;
         progress::note(&format!("made the test suite's Secure Boot key set in {}", dir.display()));

@@ -33,7 +33,7 @@ enum Command {
     Test(test_cmd::TestArgs),
     /// Only the QEMU suite, against the image already built.
     QemuTest(test_cmd::QemuArgs),
-    /// Make a development Secure Boot key set (PK, KEK, db) for --sign-with.
+    /// Make a development Secure Boot key set (PK, KEK, db, and the PCR 11 policy key) for --sign-with.
     Keys(image_cmd::KeysArgs),
     /// Benchmarks, as ratios against reference tools run alongside.
     Bench,

@@ -1,7 +1,8 @@
 #!/bin/bash
 # dracut module: on first boot create the data partition (systemd-repart), then
 # mount it at /sysroot/bpi/data and put /var and the /etc overlay's upper layer
-# on it before the switch to the real root.
+# on it before the switch to the real root; keep a signed UKI's PCR policy
+# (/.extra) in /run/systemd for the store.
 
 check() {
     return 0
@@ -28,4 +29,7 @@ install() {
         inst_simple "$moddir/$unit" "$systemdsystemunitdir/$unit"
         ln_r "$systemdsystemunitdir/$unit" "$systemdsystemunitdir/initrd-fs.target.wants/$unit"
     done
+    mkdir -p "$initdir$systemdsystemunitdir/initrd.target.wants"
+    inst_simple "$moddir/bpi-pcr-signature.service" "$systemdsystemunitdir/bpi-pcr-signature.service"
+    ln_r "$systemdsystemunitdir/bpi-pcr-signature.service" "$systemdsystemunitdir/initrd.target.wants/bpi-pcr-signature.service"
 }

@@ -150,7 +150,7 @@ pub fn apply(plan: &Plan, image: &File, state_file: &Path, steps: &Steps, passph
                         recovery_key_file: recovery_key_file.clone(),
                         passphrase: pass.map(str::to_string),
                     };
-                    let store_steps = store::plan(&opts, store::tpm2(std::time::Duration::ZERO), store::Holds::Nothing)?;
+                    let store_steps = store::plan(&opts, store::tpm2(std::time::Duration::ZERO), store::Holds::Nothing, store::running_pcr_public_key())?;
                     shown_key = store::apply(&store_steps, pass)?;
                 }
             }

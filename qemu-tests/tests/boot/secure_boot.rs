@@ -36,6 +36,32 @@ pub fn check_on(vm: &Vm) -> Result<()> {
     Ok(())
 }
 
+/// The store's TPM2 seal: PCR 7, and PCR 11 as signed by the UKI's PCR key
+/// (`.pcrpkey`, which the initrd kept in /run/systemd with the signed
+/// policy), the key of the test key set. The next boot unlocking proves the
+/// signature; the lifecycle test's update, a UKI with other PCR 11 values
+/// unlocking it without a reseal, proves what it is for.
+pub fn check_signed_pcr_seal(vm: &Vm) -> Result<()> {
+    let dump: serde_json::Value = serde_json::from_str(&vm.sh("cryptsetup luksDump --dump-json-metadata /dev/disk/by-partlabel/bpi-store")?)?;
+    let tokens: Vec<&serde_json::Value> = dump["tokens"].as_object().map(|t| t.values().collect()).unwrap_or_default();
+    let tpm = tokens.iter().find(|t| t["type"] == "systemd-tpm2").ok_or_else(|| anyhow::anyhow!("no systemd-tpm2 token: {}", dump["tokens"]))?;
+    // (systemd 252 spells the public key's fields with underscores.)
+    ensure!(
+        tpm["tpm2-pcrs"] == serde_json::json!([7]) && tpm["tpm2_pubkey_pcrs"] == serde_json::json!([11]),
+        "the seal is not PCR 7 plus a signed PCR 11 policy: pcrs {}, signed pcrs {}",
+        tpm["tpm2-pcrs"],
+        tpm["tpm2_pubkey_pcrs"]
+    );
+    let sealed_key = bpi_support::Cmd::new("base64").arg("-d").stdin_bytes(tpm["tpm2_pubkey"].as_str().unwrap_or("").as_bytes().to_vec()).output()?;
+    let keys = bpi_image::secureboot::KeySet::open(&bpi_qemu_tests::secure_boot_keys())?;
+    let want = std::fs::read_to_string(keys.pcr_public_key())?;
+    ensure!(vm.sh("cat /run/systemd/tpm2-pcr-public-key.pem")? == want, "the UKI's PCR key in /run/systemd is not the key set's");
+    ensure!(sealed_key == want, "the seal trusts another PCR key than the key set's:\n{sealed_key}");
+    let sig: serde_json::Value = serde_json::from_str(&vm.sh("cat /run/systemd/tpm2-pcr-signature.json")?)?;
+    ensure!(sig["sha256"].as_array().is_some_and(|a| !a.is_empty()), "no signed PCR 11 policy in /run/systemd: {sig}");
+    Ok(())
+}
+
 /// Appends a new certificate to db, as rotating the db key starts: an
 /// authenticated variable update signed by KEK (made on the host with the
 /// test key set), written through efivarfs with the append attribute.
