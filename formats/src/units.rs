@@ -44,18 +44,29 @@ pub fn destination(name: &str) -> PathBuf {
     Path::new(dir).join(base)
 }
 
-/// Units a preset file enables (`enable NAME`), wildcards excluded.
-pub fn preset_enables(text: &str) -> Vec<String> {
+/// Units a preset file names after `verb` (`enable NAME`, `disable NAME`),
+/// wildcards excluded.
+pub fn preset_units(text: &str, verb: &str) -> Vec<String> {
     text.lines()
-        .filter_map(|l| l.trim().strip_prefix("enable "))
+        .filter_map(|l| l.trim().strip_prefix(verb).and_then(|r| r.strip_prefix(' ')))
         .map(|u| u.trim().to_string())
         .filter(|u| !u.contains('*'))
         .collect()
 }
 
+fn presets(verb: &str) -> Vec<String> {
+    FILES.iter().filter(|(n, _)| n.ends_with(".preset")).flat_map(|(_, t)| preset_units(t, verb)).collect()
+}
+
 /// Every unit the presets enable.
 pub fn enabled() -> Vec<String> {
-    FILES.iter().filter(|(n, _)| n.ends_with(".preset")).flat_map(|(_, t)| preset_enables(t)).collect()
+    presets("enable")
+}
+
+/// Units of Debian's packages the presets turn off (packages enable them
+/// when they are unpacked).
+pub fn disabled() -> Vec<String> {
+    presets("disable")
 }
 
 /// One file to put in place.
@@ -125,8 +136,12 @@ mod tests {
         assert_eq!(destination("dbus/org.bpi.os.Ledger1.conf"), Path::new("usr/share/dbus-1/system.d/org.bpi.os.Ledger1.conf"));
         assert_eq!(destination("bpi-sysusers.conf"), Path::new("usr/lib/sysusers.d/bpi-sysusers.conf"));
         assert_eq!(destination("90-bpi-os.preset"), Path::new("usr/lib/systemd/system-preset/90-bpi-os.preset"));
-        assert_eq!(preset_enables("enable a.service\n# x\ndisable b\nenable c*.mount\n"), vec!["a.service"]);
+        let text = "enable a.service\n# x\ndisable b.service\nenable c*.mount\nenabled d\n";
+        assert_eq!(preset_units(text, "enable"), vec!["a.service"]);
+        assert_eq!(preset_units(text, "disable"), vec!["b.service"]);
         assert!(enabled().contains(&"bpi-ledger.service".to_string()));
+        assert!(disabled().contains(&"e2scrub_reap.service".to_string()));
+        assert!(!enabled().iter().any(|u| disabled().contains(u)), "a unit both enabled and disabled");
     }
 
     #[test]

@@ -130,6 +130,10 @@ pub fn compose(inp: &StageInputs, root: &Path, boot_out: &Path) -> Result<BootFi
     if !enable.is_empty() {
         Cmd::new("systemctl").arg(format!("--root={}", root.display())).arg("enable").args(&enable).run()?;
     }
+    let disable = units::disabled();
+    if !disable.is_empty() {
+        Cmd::new("systemctl").arg(format!("--root={}", root.display())).arg("disable").args(&disable).run()?;
+    }
     clamp_mtimes(root, inp.epoch)?;
     Ok(boot)
 }
