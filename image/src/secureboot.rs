@@ -43,19 +43,8 @@ impl KeySet {
     /// Opens a key set, refusing one with a file missing.
     pub fn open(dir: &Path) -> Result<KeySet> {
         let set = KeySet { dir: dir.to_path_buf() };
-        let mut missing = Vec::new();
-        for k in KEYS {
-            for f in [set.cert(k), set.key(k), set.auth(k)] {
-                if !f.is_file() {
-                    missing.push(f.display().to_string());
-                }
-            }
-        }
-        for f in [set.pcr_key(), set.pcr_public_key()] {
-            if !f.is_file() {
-                missing.push(f.display().to_string());
-            }
-        }
+        let files = KEYS.iter().flat_map(|k| [set.cert(k), set.key(k), set.auth(k)]).chain([set.pcr_key(), set.pcr_public_key()]);
+        let missing: Vec<String> = files.filter(|f| !f.is_file()).map(|f| f.display().to_string()).collect();
         if !missing.is_empty() {
             bail!(
                 "{} is not a complete Secure Boot key set (missing or not regular files: {}): make one with `cargo xtask keys --out {}`",
@@ -192,7 +181,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("db.crt"), b"x").unwrap();
         let err = KeySet::open(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("not a complete Secure Boot key set") && err.contains("PK.auth") && err.contains("cargo xtask keys"), "{err}");
+        assert!(err.contains("not a complete Secure Boot key set") && err.contains("PK.auth") && err.contains("tpm2-pcr.key") && err.contains("cargo xtask keys"), "{err}");
     }
 
     /// Host tools (openssl, efitools, sbsigntool, faketime; `cargo xtask

@@ -192,7 +192,7 @@ fn a_changed_byte_in_the_root_superblock_is_refused_under_uefi_and_bios() -> Res
     Ok(())
 }
 
-/// Where a boot's time went (docs/image.md, "Boot time"), into the test log:
+/// Where a boot's time went (issue 18's boot profiling), into the test log:
 /// kernel, initrd and userspace, the slowest units, and the chain that held
 /// multi-user.target.
 fn print_boot_profile(vm: &bpi_qemu_tests::vm::Vm, which: &str) -> Result<()> {
