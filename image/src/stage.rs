@@ -109,7 +109,6 @@ pub fn compose(inp: &StageInputs, root: &Path, boot_out: &Path) -> Result<BootFi
     }
     // The same embedded files and destinations `bpi-os install --root` uses.
     units::apply(&units::plan(root))?;
-    let enable = units::enabled();
     write(
         &root.join("usr/lib/tmpfiles.d/bpi-layout.conf"),
         layout::tmpfiles_conf(&[Home::Data, Home::Runtime]).as_bytes(),
@@ -127,12 +126,10 @@ pub fn compose(inp: &StageInputs, root: &Path, boot_out: &Path) -> Result<BootFi
     // Groups named by units and D-Bus policies exist from the first boot on,
     // with the same ids in every build.
     Cmd::new("systemd-sysusers").arg(format!("--root={}", root.display())).run()?;
-    if !enable.is_empty() {
-        Cmd::new("systemctl").arg(format!("--root={}", root.display())).arg("enable").args(&enable).run()?;
-    }
-    let disable = units::disabled();
-    if !disable.is_empty() {
-        Cmd::new("systemctl").arg(format!("--root={}", root.display())).arg("disable").args(&disable).run()?;
+    for (verb, names) in [("enable", units::enabled()), ("disable", units::disabled())] {
+        if !names.is_empty() {
+            Cmd::new("systemctl").arg(format!("--root={}", root.display())).arg(verb).args(&names).run()?;
+        }
     }
     clamp_mtimes(root, inp.epoch)?;
     Ok(boot)
