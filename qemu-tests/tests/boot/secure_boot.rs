@@ -52,7 +52,7 @@ pub fn check_signed_pcr_seal(vm: &Vm) -> Result<()> {
         tpm["tpm2-pcrs"],
         tpm["tpm2_pubkey_pcrs"]
     );
-    let sealed_key = bpi_support::Cmd::new("base64").arg("-d").stdin_bytes(tpm["tpm2_pubkey"].as_str().unwrap_or("").as_bytes().to_vec()).output()?;
+    let sealed_key = String::from_utf8(base64::Engine::decode(&base64::engine::general_purpose::STANDARD, tpm["tpm2_pubkey"].as_str().unwrap_or(""))?)?;
     let keys = bpi_image::secureboot::KeySet::open(&bpi_qemu_tests::secure_boot_keys())?;
     let want = std::fs::read_to_string(keys.pcr_public_key())?;
     ensure!(vm.sh("cat /run/systemd/tpm2-pcr-public-key.pem")? == want, "the UKI's PCR key in /run/systemd is not the key set's");
