@@ -12,7 +12,7 @@ use bpi_support::exit::Failure;
 use bpi_support::record::Recorder;
 use bpi_support::{progress, Cmd};
 use bpi_update::health::{self, Check, Report, UnitState};
-use bpi_update::{apply, esp};
+use bpi_update::{apply, bios, esp};
 use clap::Args;
 use serde_json::json;
 
@@ -50,6 +50,9 @@ pub fn run(args: HealthArgs) -> Result<()> {
                 if let Some(name) = &blessed {
                     progress::log(&format!("ledger: {}", recorder.record("update", "update-blessed", &json!({"version": version, "step": "blessed", "uki": name}))));
                 }
+                if bios::present(d) {
+                    bless_bios(d, &version, &recorder)?;
+                }
             }
         } else {
             rebooting = counted;
@@ -74,6 +77,24 @@ pub fn run(args: HealthArgs) -> Result<()> {
             Cmd::new("systemctl").arg("reboot").run()?;
         }
         return Err(Failure::CheckFailed(format!("bpi-os {version} failed its health check: {}", report.reasons())).into());
+    }
+    Ok(())
+}
+
+/// GRUB's side of the bless: this version becomes its saved entry. A trial
+/// of another version that this boot ends used up its tries under BIOS
+/// (GRUB fell back here): its UKI is marked so, as systemd-boot would have,
+/// so that neither firmware nor a rollback picks it again.
+fn bless_bios(esp_dir: &Path, version: &str, recorder: &dyn Recorder) -> Result<()> {
+    let ended = bios::state(esp_dir)?.trial.filter(|t| t != version);
+    if bios::bless(esp_dir, version)? {
+        progress::log(&format!("ledger: {}", recorder.record("update", "update-blessed", &json!({"version": version, "step": "blessed", "grub_saved_entry": bpi_formats::grub::entry_id(version)}))));
+    }
+    if let Some(failed) = ended {
+        if let Some(name) = esp::mark_failed(esp_dir, &failed)? {
+            progress::note(&format!("{failed} used up its boot tries under BIOS; its boot entry is now {name}"));
+            progress::log(&format!("ledger: {}", recorder.record("update", "update-out-of-tries", &json!({"version": failed, "step": "out-of-tries", "uki": name}))));
+        }
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use bpi_support::record::Recorder;
 use bpi_support::{progress, Cmd, Steps};
 use bpi_update::apply::{self, BootDisk, CheckOptions, Offer};
 use bpi_update::fetch::Source;
-use bpi_update::{esp, health, keys, slots};
+use bpi_update::{bios, esp, health, keys, slots};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use serde_json::json;
@@ -174,7 +174,6 @@ fn apply_cmd(from: &FromArgs, dry_run: bool, reboot: bool, if_newer: bool, tries
         r => r?,
     };
     let plan = apply::describe(&o);
-    esp::require_uefi(std::path::Path::new("/sys/firmware/efi"))?;
     if dry_run {
         if json.on() {
             return json.print(&json!({"dry_run": true, "offer": o, "steps": plan}));
@@ -229,6 +228,8 @@ pub struct UpdateStatus {
     pub slots: Vec<slots::SlotState>,
     pub entries: Vec<esp::Entry>,
     pub default_entry: Option<String>,
+    /// GRUB's A/B state (the BIOS path), where the ESP has one.
+    pub bios: Option<bpi_formats::grub::State>,
     /// Versions that failed their health check, with why.
     pub failed: Vec<Failed>,
     pub health: Option<health::Report>,
@@ -278,6 +279,7 @@ pub fn status() -> Result<UpdateStatus> {
         running_slot: slots.iter().find(|s| s.running).map(|s| s.slot),
         slots,
         default_entry: esp_dir.as_deref().and_then(esp::default_entry),
+        bios: esp_dir.as_deref().filter(|d| bios::present(d)).map(bios::state).transpose()?,
         health: reports.into_iter().find(|r| r.version == running),
         entries,
         failed,
@@ -302,6 +304,13 @@ pub fn print_status(s: &UpdateStatus) {
     }
     if let Some(d) = &s.default_entry {
         println!("default:    {d} (set by rollback)");
+    }
+    if let Some(b) = &s.bios {
+        let trial = match &b.trial {
+            Some(t) => format!("; trial {t} with {} boot(s) left", b.tries_left),
+            None => String::new(),
+        };
+        println!("grub:       saved entry {}{trial}", b.saved.as_deref().unwrap_or("none (the newest version)"));
     }
     match &s.health {
         Some(h) if h.healthy => println!("health:     this version passed its health check"),
@@ -335,6 +344,9 @@ fn rollback(dry_run: bool, reboot: bool, json: Json) -> Result<()> {
     let change = json!({"from": running, "to": version, "slot": other.slot.to_string(), "default_entry": pattern, "dry_run": dry_run});
     if !dry_run {
         esp::set_default(&esp_dir, Some(&pattern))?;
+        if bios::present(&esp_dir) {
+            bios::bless(&esp_dir, &version)?;
+        }
         let r = bpi_ledger::service::LedgerRecorder::new(None);
         progress::log(&format!("ledger: {}", r.record("update", "update-rollback", &json!({"version": version, "step": "rollback", "from": running, "slot": other.slot.to_string()}))));
     }
@@ -350,3 +362,26 @@ fn rollback(dry_run: bool, reboot: bool, json: Json) -> Result<()> {
     }
     Ok(())
 }
+
+/// `bpi-os mount-esp` (bpi-esp.service, BIOS boots only): the boot disk's
+/// ESP automounted at /boot, where gpt-auto puts it under UEFI.
+pub fn mount_esp() -> Result<()> {
+    if Path::new("/sys/firmware/efi").is_dir() {
+        println!("booted through UEFI: systemd's gpt-auto generator automounts the ESP at /boot");
+        return Ok(());
+    }
+    if let Ok(d) = esp::find() {
+        println!("the ESP is at {} already", d.display());
+        return Ok(());
+    }
+    let disk = BootDisk::find()?;
+    let esp_part = disk.parts.first().context("the boot disk has no partitions")?;
+    if !esp_part.type_guid.eq_ignore_ascii_case(bpi_formats::gpt::types::ESP) {
+        bail!("the first partition of {} is not an EFI system partition (type {})", disk.path.display(), esp_part.type_guid);
+    }
+    let dev = disk.partition_device(0)?;
+    esp::automount(&dev)?;
+    println!("the ESP {} is automounted at /boot", dev.display());
+    Ok(())
+}
+

@@ -9,6 +9,7 @@
 use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
+use bpi_formats::grub;
 use bpi_support::Cmd;
 
 use crate::gpt::SECTOR;
@@ -24,8 +25,9 @@ pub const CORE_LAST_LBA: u64 = 2047;
 const PREFIX: &str = "(hd0,gpt1)/grub";
 
 /// Modules built into the core image (with what they depend on, which
-/// grub-mkimage adds): read the GPT and FAT of the boot disk, load Linux.
-const MODULES: &[&str] = &["biosdisk", "part_gpt", "fat", "normal", "configfile", "linux", "echo", "test", "serial", "terminal"];
+/// grub-mkimage adds): read the GPT and FAT of the boot disk, load Linux,
+/// read and count down the A/B state in grubenv (`load_env`, `save_env`).
+const MODULES: &[&str] = &["biosdisk", "part_gpt", "fat", "normal", "configfile", "linux", "echo", "test", "serial", "terminal", "loadenv"];
 
 // Offsets in boot.img (grub-core/boot/i386/pc/boot.S).
 const KERNEL_SECTOR: usize = 0x5c;
@@ -36,14 +38,22 @@ pub const MBR_CODE: usize = 440;
 // sector): start (u64), sector count (u16), segment (u16).
 const BLOCKLIST_START: usize = 0x1f4;
 
-/// Files on the ESP, relative to its root.
-pub fn kernel_path(version: &str) -> String {
-    format!("bios/{version}/vmlinuz")
+/// The BIOS path's files for the ESP, taken out of the built UKI as an
+/// update takes them out of its bundle's (bpi_formats::uki), and checked
+/// against the build's own kernel, initrd and command line; GRUB starts on
+/// the version (grubenv's `saved_entry`).
+pub fn files_of_uki(uki: &Path, version: &str, built: (&Path, &Path, &str)) -> Result<crate::boot::BiosFiles> {
+    let parts = bpi_formats::uki::parts(&std::fs::read(uki)?).with_context(|| format!("reading {}", uki.display()))?;
+    ensure!(parts.kernel == std::fs::read(built.0)?, "the UKI's .linux section is not the kernel it was built from");
+    ensure!(parts.initrd == std::fs::read(built.1)?, "the UKI's .initrd section is not the initrd it was built from");
+    ensure!(parts.cmdline == built.2, "the UKI's command line {:?} is not the build's {:?}", parts.cmdline, built.2);
+    let grub_cfg = grub::config(&[grub::Entry { version: version.to_string(), cmdline: parts.cmdline }])?;
+    let mut state = grub::State { saved: None, trial: None, tries_left: 0 };
+    state.bless(version);
+    let mut env = grub::Env::new();
+    state.apply_to(&mut env);
+    Ok(crate::boot::BiosFiles { version: version.to_string(), kernel: parts.kernel, initrd: parts.initrd, grub_cfg, grubenv: grub::render_env(&env)? })
 }
-pub fn initrd_path(version: &str) -> String {
-    format!("bios/{version}/initrd.img")
-}
-pub const GRUB_CFG: &str = "grub/grub.cfg";
 
 /// Writes the core image to `out`: built by grub-mkimage (its output depends
 /// only on the modules and the prefix: no timestamps), with its blocklist
@@ -95,25 +105,6 @@ pub fn patch_boot_sector(img: &[u8], core_lba: u64) -> Result<[u8; MBR_CODE]> {
     Ok(code)
 }
 
-/// grub.cfg: the same kernel command line as the UKI's, on the serial
-/// console and the screen, no menu.
-pub fn grub_cfg(version: &str, cmdline: &str) -> String {
-    format!(
-        "serial --unit=0 --speed=115200\n\
-         terminal_input serial console\n\
-         terminal_output serial console\n\
-         set timeout=0\n\
-         set default=0\n\
-         menuentry \"bpi-os {version}\" {{\n\
-         \x20   echo \"bpi-os {version}: loading Linux (BIOS)\"\n\
-         \x20   linux /{} {cmdline}\n\
-         \x20   initrd /{}\n\
-         }}\n",
-        kernel_path(version),
-        initrd_path(version)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,12 +132,5 @@ mod tests {
         let mut big = vec![0u8; 3000 * 512];
         big[BLOCKLIST_START + 8..BLOCKLIST_START + 10].copy_from_slice(&2999u16.to_le_bytes());
         assert!(place_core(&mut big, 34).unwrap_err().to_string().contains("does not fit"));
-    }
-
-    #[test]
-    fn grub_cfg_boots_the_versions_files_with_the_cmdline() {
-        let c = grub_cfg("0.1.0", "roothash=ab ro");
-        assert!(c.contains("linux /bios/0.1.0/vmlinuz roothash=ab ro\n"), "{c}");
-        assert!(c.contains("initrd /bios/0.1.0/initrd.img\n"), "{c}");
     }
 }

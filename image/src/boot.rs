@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use bpi_formats::grub;
 use bpi_support::Cmd;
 
 /// The kernel command line: the verity root hash pins the root; the consoles
@@ -79,14 +80,15 @@ pub struct EspInputs<'a> {
     /// enrolls them from on a machine in Setup Mode.
     pub enroll: Option<&'a crate::secureboot::KeySet>,
     /// BIOS boot's files: GRUB's configuration, kernel and initrd.
-    pub bios: BiosFiles<'a>,
+    pub bios: BiosFiles,
 }
 
-pub struct BiosFiles<'a> {
-    pub version: &'a str,
-    pub kernel: &'a Path,
-    pub initrd: &'a Path,
-    pub grub_cfg: &'a str,
+pub struct BiosFiles {
+    pub version: String,
+    pub kernel: Vec<u8>,
+    pub initrd: Vec<u8>,
+    pub grub_cfg: String,
+    pub grubenv: Vec<u8>,
 }
 
 /// Builds the FAT ESP image: systemd-boot as the removable-media loader, the UKI
@@ -133,11 +135,13 @@ pub fn make_esp(inp: &EspInputs, work: &Path, out: &Path) -> Result<()> {
     let version_dir = format!("::/bios/{}", b.version);
     dirs.extend(["::/grub".to_string(), "::/bios".into(), version_dir]);
     let grub_cfg = staged("grub.cfg", b.grub_cfg.as_bytes())?;
-    let kernel = staged("vmlinuz", &read(b.kernel)?)?;
-    let initrd = staged("initrd.img", &read(b.initrd)?)?;
-    copies.push((grub_cfg, format!("::/{}", crate::bios::GRUB_CFG)));
-    copies.push((kernel, format!("::/{}", crate::bios::kernel_path(b.version))));
-    copies.push((initrd, format!("::/{}", crate::bios::initrd_path(b.version))));
+    let grubenv = staged("grubenv", &b.grubenv)?;
+    let kernel = staged("vmlinuz", &b.kernel)?;
+    let initrd = staged("initrd.img", &b.initrd)?;
+    copies.push((grub_cfg, format!("::/{}", grub::GRUB_CFG)));
+    copies.push((grubenv, format!("::/{}", grub::GRUBENV)));
+    copies.push((kernel, format!("::/{}", grub::kernel_path(&b.version))));
+    copies.push((initrd, format!("::/{}", grub::initrd_path(&b.version))));
     if let Some(keys) = inp.enroll {
         dirs.extend(["::/loader/keys".to_string(), format!("::/{}", crate::secureboot::ESP_KEYS_DIR)]);
         for k in crate::secureboot::KEYS {

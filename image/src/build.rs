@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use bpi_support::{digest, progress, Cmd, Steps};
 
 use crate::bios;
-use crate::boot::{self, BiosFiles, EspInputs, UkiInputs};
+use crate::boot::{self, EspInputs, UkiInputs};
 use crate::disk::{self, Part};
 use crate::gpt::{self, types, Partition, ALIGN, ATTR_READ_ONLY, SECTOR};
 use crate::manifest::{Canary, DiskInfo, Manifest, Package, PartitionInfo};
@@ -151,10 +151,9 @@ pub fn build(opts: &BuildOptions<'_>, steps: &Steps) -> Result<Manifest> {
         let need = 2 * std::fs::metadata(&sdboot)?.len() + 3 * (std::fs::metadata(&uki)?.len() + bios);
         (need * 5 / 4).div_ceil(ALIGN).max(64) * ALIGN
     };
-    let grub_cfg = bios::grub_cfg(&opts.version, &cmdline);
     steps.step("ESP (systemd-boot + UKI; GRUB's configuration, kernel and initrd)", || {
         let vol = u32::from_be_bytes(hex::decode(digest::sha256_bytes(format!("{root_hash} esp").as_bytes()))?[..4].try_into()?);
-        let bios = BiosFiles { version: &opts.version, kernel: &boot_files.kernel, initrd: &boot_files.initrd, grub_cfg: &grub_cfg };
+        let bios = bios::files_of_uki(&uki, &opts.version, (&boot_files.kernel, &boot_files.initrd, &cmdline))?;
         boot::make_esp(&EspInputs { systemd_boot: &sdboot, uki: &uki, size: esp_size, volume_id: vol, epoch, enroll: opts.sign_with, bios }, work, &esp)
     })?;
     let core = work.join("core.img");

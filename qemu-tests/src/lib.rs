@@ -6,6 +6,7 @@ pub mod fixtures;
 pub mod httpd;
 pub mod logscan;
 pub mod qga;
+pub mod updates;
 pub mod vm;
 
 use std::path::PathBuf;

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::fetch::Source;
 use crate::slots::{self, SlotState};
-use crate::{esp, keys};
+use crate::{bios, esp, keys};
 
 /// Downloads go here (the data partition), one directory per version.
 pub const DOWNLOAD_DIR: &str = "/var/lib/bpi-os/update/download";
@@ -158,7 +158,7 @@ pub fn describe(o: &Offer) -> Vec<String> {
         format!("download {} files ({} bytes) from {} into {DOWNLOAD_DIR}/{}, resuming any partial ones; check each file's size and sha256 against the signed metadata", m.files.len(), o.download_bytes, o.source, m.version),
         format!("check that the UKI's command line names root hash {}", m.root_hash),
         match &o.replaces {
-            Some(v) => format!("retire slot {slot} (version {v}): label it _empty and remove {v}'s UKI from the ESP"),
+            Some(v) => format!("retire slot {slot} (version {v}): label it _empty and remove {v}'s UKI and BIOS files from the ESP"),
             None => format!("retire slot {slot} (empty already): label it _empty"),
         },
         format!("write {} and {} to slot {slot} with direct I/O, then read both back and check their sha256", m.file(Role::Root).name, m.file(Role::Verity).name),
@@ -169,6 +169,10 @@ pub fn describe(o: &Offer) -> Vec<String> {
             bpi_formats::slots::uki_name(&m.version, Some(o.tries)),
             o.tries,
             o.running_version
+        ),
+        format!(
+            "BIOS path: write the kernel and initrd of {}'s UKI under bios/{}/ on the ESP, add its grub.cfg entry and start a GRUB trial of {} boots (grubenv), {} staying GRUB's saved entry until a healthy boot",
+            m.version, m.version, o.tries, o.running_version
         ),
         "clear any default entry in loader.conf, so systemd-boot boots the newest version".into(),
     ]
@@ -210,6 +214,9 @@ pub fn apply(o: &Offer, source: &Source, disk: &mut BootDisk, esp_dir: &Path, st
         disk.write_table(&retired)?;
         if let Some(v) = &o.replaces {
             esp::remove_version(esp_dir, v)?;
+            if bios::present(esp_dir) {
+                bios::remove_version(esp_dir, v)?;
+            }
         }
         Ok(())
     })?;
@@ -238,9 +245,19 @@ pub fn apply(o: &Offer, source: &Source, disk: &mut BootDisk, esp_dir: &Path, st
         let parts = slots::activated(&disk.parts, slot, &m.version, &m.root_hash)?;
         disk.write_table(&parts)
     })?;
-    let uki = steps.step("install the UKI with tries left", || -> Result<String> {
+    let uki = steps.step("install the UKI with tries left, and the BIOS path beside it", || -> Result<String> {
         esp::remove_version(esp_dir, &m.version)?;
+        // The BIOS files first: GRUB gets an entry for them only once the
+        // UKI whose command line it takes is in place.
+        let bios = bios::present(esp_dir);
+        if bios {
+            bios::install(esp_dir, &file(Role::Uki), &m.version)?;
+        }
         let name = esp::install(esp_dir, &file(Role::Uki), &m.version, o.tries)?;
+        if bios {
+            bios::regenerate(esp_dir)?;
+            bios::start_trial(esp_dir, &m.version, o.tries)?;
+        }
         esp::set_default(esp_dir, None)?;
         Ok(name)
     })?;

@@ -22,18 +22,17 @@ pub fn find() -> Result<PathBuf> {
     anyhow::bail!("no ESP with EFI/Linux under /efi, /boot/efi or /boot: is this node booted through systemd-boot?")
 }
 
-/// Updates in place boot through systemd-boot (its boot counting is the
-/// fallback): a node booted through BIOS (GRUB) is refused before anything
-/// is written (docs/boot.md).
-pub fn require_uefi(efi_dir: &Path) -> Result<()> {
-    if !efi_dir.is_dir() {
-        return Err(bpi_support::exit::Failure::CheckFailed(
-            "this node booted through BIOS (GRUB): updates in place need UEFI, whose boot loader counts tries and falls back; \
-             reinstall with the new image, or boot this disk under UEFI (docs/boot.md)"
-                .into(),
-        )
-        .into());
-    }
+/// Under BIOS nothing mounts the ESP (systemd's gpt-auto generator does so
+/// only on UEFI boots): bpi-esp.service has PID 1 automount the boot disk's
+/// ESP at /boot as gpt-auto does, so updates and the health check find it
+/// where they do under UEFI.
+pub fn automount(device: &Path) -> Result<()> {
+    bpi_support::Cmd::new("systemd-mount")
+        .args(["--automount=yes", "--timeout-idle-sec=2min", "--fsck=no", "--type=vfat", "--options=umask=0077,nosuid,nodev,noexec"])
+        .arg(device)
+        .arg("/boot")
+        .run()
+        .with_context(|| format!("automounting the ESP {} at /boot", device.display()))?;
     Ok(())
 }
 
@@ -88,6 +87,21 @@ pub fn install(esp: &Path, uki: &Path, version: &str, tries: u32) -> Result<Stri
     Ok(name)
 }
 
+/// Marks `version`'s entry out of tries, as systemd-boot leaves a version
+/// whose every try failed: its trial ended under BIOS, where GRUB (which
+/// counts in grubenv) cannot rename it. Returns the new name.
+pub fn mark_failed(esp: &Path, version: &str) -> Result<Option<String>> {
+    let dir = esp.join("EFI/Linux");
+    let Some(e) = entries(esp)?.into_iter().find(|e| e.version == version && e.tries_left.is_some_and(|t| t > 0)) else {
+        return Ok(None);
+    };
+    let done = e.tries_left.unwrap_or(0) + e.tries_done.unwrap_or(0);
+    let name = format!("bpi-os_{version}+0-{done}.efi");
+    std::fs::rename(dir.join(&e.file), dir.join(&name)).with_context(|| format!("renaming {} to {name}", e.file))?;
+    sync_dir(&dir)?;
+    Ok(Some(name))
+}
+
 /// Marks the running version's entry good: the rename systemd-bless-boot
 /// does, done by bpi-health once its checks pass. Returns the new name.
 pub fn bless(esp: &Path, version: &str) -> Result<Option<String>> {
@@ -138,15 +152,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_bios_booted_node_is_refused_with_the_check_failed_code() {
-        let d = tempfile::tempdir().unwrap();
-        assert!(require_uefi(d.path()).is_ok());
-        let e = require_uefi(&d.path().join("efi")).unwrap_err();
-        assert!(e.to_string().contains("booted through BIOS"), "{e}");
-        assert_eq!(bpi_support::exit::code_of(&e), bpi_support::exit::CHECK_FAILED);
-    }
-
-    #[test]
     fn install_count_bless_and_default() {
         let esp = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(esp.path().join("EFI/Linux")).unwrap();
@@ -164,6 +169,13 @@ mod tests {
         assert_eq!(bless(esp.path(), "0.2.0").unwrap().as_deref(), Some("bpi-os_0.2.0.efi"));
         assert_eq!(bless(esp.path(), "0.2.0").unwrap(), None);
         assert_eq!(std::fs::read(esp.path().join("EFI/Linux/bpi-os_0.2.0.efi")).unwrap(), b"new");
+        // A trial that ended under BIOS: out of tries, as systemd-boot leaves it.
+        install(esp.path(), &uki, "0.3.0", 2).unwrap();
+        assert_eq!(mark_failed(esp.path(), "0.3.0").unwrap().as_deref(), Some("bpi-os_0.3.0+0-2.efi"));
+        assert!(entries(esp.path()).unwrap().iter().any(|e| e.version == "0.3.0" && e.failed()));
+        assert_eq!(mark_failed(esp.path(), "0.3.0").unwrap(), None);
+        assert_eq!(mark_failed(esp.path(), "0.2.0").unwrap(), None);
+        remove_version(esp.path(), "0.3.0").unwrap();
         set_default(esp.path(), Some("bpi-os_0.1.0.efi")).unwrap();
         assert_eq!(default_entry(esp.path()).as_deref(), Some("bpi-os_0.1.0.efi"));
         set_default(esp.path(), None).unwrap();

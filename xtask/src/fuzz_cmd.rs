@@ -18,7 +18,7 @@ use crate::{buildenv, cargo, workspace_root};
 pub const TARGETS: &[&str] = &["ledger_log", "ledger_data", "config_files", "gpt_manifest", "image_source", "xdp_frames", "provision_docs"];
 
 /// How long each target runs inside `cargo xtask test`.
-pub const TEST_SECONDS: u64 = 20;
+pub const TEST_SECONDS: u64 = 10;
 
 #[derive(clap::Args)]
 pub struct FuzzArgs {

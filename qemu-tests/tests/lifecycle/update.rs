@@ -3,35 +3,25 @@
 //! with a boot health check that fails) are served over HTTP from the host,
 //! at the user network's gateway. Bad bundles are refused with the inactive
 //! slot unchanged; an apply killed in the middle of its write leaves N
-//! booting; the re-run installs N+1, which boots with the data, ledger,
-//! store and host keys of N; `bpi-os update rollback` goes to N and back;
-//! N+2, installed with two tries, fails its health check on both until
-//! systemd-boot falls back to N+1 by itself.
+//! booting; the re-run installs N+1 (and its BIOS path: GRUB's files and
+//! trial), which boots with the data, ledger, store and host keys of N;
+//! `bpi-os update rollback` goes back to N; N+2, installed with two tries
+//! over N+1, fails its health check on both until systemd-boot falls back
+//! to N by itself. (The same under BIOS: the SeaBIOS test in tests/boot.)
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use bpi_formats::update::{Metadata, Role, METADATA};
-use bpi_image::manifest::Manifest;
 use bpi_ledger::checkpoint::{NoteSigner, NoteVerifier};
 use bpi_qemu_tests::httpd::{Fault, Server};
 use bpi_qemu_tests::image_dir;
-use bpi_qemu_tests::qga::Agent;
+use bpi_qemu_tests::updates::{apply, manifest, status, updates_dir, wait_version};
 use bpi_qemu_tests::vm::{Machine, Vm, VmOptions};
 use serde_json::Value;
 
 use crate::install::{self, Installed};
-
-fn updates_dir() -> PathBuf {
-    std::env::var_os("BPI_UPDATE_IMAGES_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/update-test"))
-}
-
-fn manifest(dir: &Path) -> Result<Manifest> {
-    Manifest::load(&dir.join("manifest.json")).with_context(|| format!("{}: run `cargo xtask qemu-test` (it builds the update images)", dir.display()))
-}
 
 fn dev_signer() -> Result<NoteSigner> {
     let text = std::fs::read_to_string(bpi_image::bundle::key_path()?)?;
@@ -75,12 +65,6 @@ fn slot_b(vm: &Vm) -> Result<String> {
     vm.sh("for p in /dev/vda4 /dev/vda5; do blkid -p -o export $p | grep ^PART_ENTRY_ || true; head -c 4M $p | sha256sum; done")
 }
 
-/// Runs `bpi-os update apply` in the guest and returns (exit code, output).
-fn apply(vm: &Vm, args: &str) -> Result<(i64, String)> {
-    let out = vm.sh_for(&format!("bpi-os update apply {args} 2>&1"), Duration::from_secs(1800))?;
-    Ok((out.code, format!("{}{}", out.stdout, out.stderr)))
-}
-
 fn refused(vm: &Vm, before: &str, args: &str, code: i64, says: &str) -> Result<()> {
     let (c, out) = apply(vm, args)?;
     ensure!(c == code && out.contains(says), "`apply {args}`: want exit {code} and {says:?}, got {c}:\n{out}");
@@ -88,34 +72,6 @@ fn refused(vm: &Vm, before: &str, args: &str, code: i64, says: &str) -> Result<(
     ensure!(after == before, "slot B changed after a refused update ({args}):\n{before}\n---\n{after}");
     eprintln!("refused as expected: apply {args}: {}", out.lines().rev().find(|l| l.contains("error")).unwrap_or("").trim());
     Ok(())
-}
-
-/// Waits until the guest runs `version` and has finished booting; the guest
-/// may reboot several times on the way (boot counting).
-fn wait_version(vm: &Vm, sock: &Path, version: &str, timeout: Duration) -> Result<Duration> {
-    let t = Instant::now();
-    let mut last = String::new();
-    while t.elapsed() < timeout {
-        if let Ok(mut a) = Agent::connect(sock, Duration::from_secs(5)) {
-            if let Ok(r) = a.sh(". /usr/lib/os-release; echo $IMAGE_VERSION; systemctl is-system-running --wait", Duration::from_secs(300)) {
-                let mut l = r.stdout.lines();
-                let (v, state) = (l.next().unwrap_or("").to_string(), l.next().unwrap_or("").to_string());
-                if v != last {
-                    eprintln!("  after {:.0}s the guest runs {v} ({state})", t.elapsed().as_secs_f64());
-                    last = v.clone();
-                }
-                if v == version && (state == "running" || state == "degraded") && a.sh("systemctl is-active bpi-health.service", Duration::from_secs(60)).is_ok() {
-                    return Ok(t.elapsed());
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_secs(3));
-    }
-    vm.fail(&format!("the guest did not come up on {version} within {timeout:?} (last seen: {last:?})"))
-}
-
-fn status(vm: &Vm) -> Result<Value> {
-    Ok(serde_json::from_str(&vm.sh("bpi-os update status --json")?)?)
 }
 
 /// Boots the installed disk (its checks in `install::check_installed`) and
@@ -248,6 +204,10 @@ pub fn updates_on_the_installed_disk(installed: &Installed) -> Result<()> {
     let st = status(&vm)?;
     ensure!(st["slots"][1]["version"] == n1.version.as_str(), "slot B after apply: {st}");
     ensure!(st["entries"].as_array().is_some_and(|e| e.iter().any(|e| e["file"] == format!("bpi-os_{}+3.efi", n1.version))), "no counted UKI: {st}");
+    // The BIOS path in step: GRUB's trial of N+1, N still its saved entry.
+    ensure!(st["bios"]["trial"] == n1.version.as_str() && st["bios"]["tries_left"] == 3 && st["bios"]["saved"] == n.version.as_str(), "GRUB's state after the apply: {st}");
+    let cfg = vm.sh("cat /boot/grub/grub.cfg")?;
+    ensure!(cfg.contains(&format!("linux /bios/{}/vmlinuz roothash={} ", n1.version, n1.root_hash)), "grub.cfg has no entry for N+1:\n{cfg}");
 
     // Reboot into N+1.
     let t = Instant::now();
@@ -260,6 +220,7 @@ pub fn updates_on_the_installed_disk(installed: &Installed) -> Result<()> {
     ensure!(st["running_slot"] == "b" && st["slots"][0]["version"] == n.version.as_str(), "{st}");
     ensure!(st["health"]["healthy"] == true, "N+1's health: {st}");
     ensure!(st["entries"].as_array().is_some_and(|e| e.iter().any(|e| e["file"] == format!("bpi-os_{}.efi", n1.version))), "N+1's entry was not blessed: {st}");
+    ensure!(st["bios"]["saved"] == n1.version.as_str() && st["bios"]["trial"].is_null(), "GRUB's saved entry was not blessed: {st}");
     ensure!(vm.sh("cat /bpi/data/marker")?.trim() == "kept-across-updates", "the data partition was not kept");
     ensure!(vm.sh("cat /bpi/data/encrypted/t/f")?.trim() == "secret", "the store was not kept");
     ensure!(vm.sh("cat /etc/ssh/ssh_host_ed25519_key.pub")? == host_key, "the SSH host key changed");
@@ -276,23 +237,24 @@ pub fn updates_on_the_installed_disk(installed: &Installed) -> Result<()> {
     }
     ensure!(vm.sh_any("systemctl is-enabled bpi-update.timer")?.stdout.trim() == "disabled", "bpi-update.timer is enabled by default");
 
-    // Rollback on purpose: back to N (slot A), then forward to N+1 again.
-    let (c, out) = (0, vm.sh("bpi-os update rollback --dry-run")?);
-    ensure!(c == 0 && out.contains("nothing was changed"), "{out}");
-    for (to, slot) in [(&n.version, "a"), (&n1.version, "b")] {
-        let out = vm.sh("bpi-os update rollback --json")?;
-        ensure!(out.contains(&format!("\"to\": \"{to}\"")), "rollback: {out}");
-        let _ = vm.sh_any("systemctl --no-block reboot");
-        std::thread::sleep(Duration::from_secs(10));
-        wait_version(&vm, &sock, to, Duration::from_secs(900))?;
-        let st = status(&vm)?;
-        ensure!(st["running_slot"] == slot && st["default_entry"].as_str().is_some_and(|d| d.contains(to.as_str())), "after rollback to {to}: {st}");
-    }
+    // Rollback on purpose: back to N (slot A). GRUB's saved entry moves
+    // with systemd-boot's default (the BIOS path kept in step).
+    let out = vm.sh("bpi-os update rollback --dry-run")?;
+    ensure!(out.contains("nothing was changed"), "{out}");
+    let out = vm.sh("bpi-os update rollback --json")?;
+    ensure!(out.contains(&format!("\"to\": \"{}\"", n.version)), "rollback: {out}");
+    let _ = vm.sh_any("systemctl --no-block reboot");
+    std::thread::sleep(Duration::from_secs(10));
+    wait_version(&vm, &sock, &n.version, Duration::from_secs(900))?;
+    let st = status(&vm)?;
+    ensure!(st["running_slot"] == "a" && st["default_entry"].as_str().is_some_and(|d| d.contains(n.version.as_str())), "after rollback to N: {st}");
+    ensure!(st["bios"]["saved"] == n.version.as_str() && st["bios"]["trial"].is_null(), "GRUB's saved entry after the rollback: {st}");
     ensure!(vm.sh("bpi-os ledger show --json")?.contains("\"update-rollback\""), "no update-rollback record");
 
-    // N+2 fails its health check on every try; systemd-boot falls back to N+1.
-    // Two tries instead of the default three: one boot fewer under TCG, and
-    // still a retry counted down before the fallback.
+    // N+2, into slot B over N+1, fails its health check on every try;
+    // systemd-boot falls back to N. Two tries instead of the default three:
+    // one boot fewer under TCG, and still a retry counted down before the
+    // fallback.
     let (c, out) = apply(&vm, &format!("--from {} --tries 2", url("broken")))?;
     ensure!(c == 0 && out.contains("2 tries before falling back"), "apply N+2 failed: {out}");
     let st = status(&vm)?;
@@ -300,8 +262,8 @@ pub fn updates_on_the_installed_disk(installed: &Installed) -> Result<()> {
     let t = Instant::now();
     let _ = vm.sh_any("systemctl --no-block reboot");
     std::thread::sleep(Duration::from_secs(20));
-    wait_version(&vm, &sock, &n1.version, Duration::from_secs(1800))?;
-    eprintln!("FIGURE automatic rollback, from reboot into N+2 to multi-user on N+1 again (TCG): {:.1}s", t.elapsed().as_secs_f64());
+    wait_version(&vm, &sock, &n.version, Duration::from_secs(1800))?;
+    eprintln!("FIGURE automatic rollback, from reboot into N+2 (two failed tries) to multi-user on N again (TCG): {:.1}s", t.elapsed().as_secs_f64());
     let st = status(&vm)?;
     let failed = st["failed"].as_array().cloned().unwrap_or_default();
     let f = failed.iter().find(|f| f["version"] == n2.version.as_str()).with_context(|| format!("status names no failed {}: {st}", n2.version))?;
@@ -311,7 +273,7 @@ pub fn updates_on_the_installed_disk(installed: &Installed) -> Result<()> {
     ensure!(text.contains(&format!("{} FAILED", n2.version)), "bpi-os status does not say N+2 failed:\n{text}");
     ensure!(vm.sh("bpi-os ledger show --json")?.contains("\"health-failed\""), "no health-failed record");
     vm.sh("bpi-os ledger verify")?;
-    // Slot A now holds the failed N+2: no rolling back to it.
+    // Slot B now holds the failed N+2: no rolling back to it.
     let out = vm.sh_any("bpi-os update rollback 2>&1")?;
     ensure!(out.code == 3 && out.stdout.contains("used up its boot tries"), "rollback to a failed version: {} {}", out.code, out.stdout);
     vm.poweroff()?;
