@@ -11,7 +11,7 @@ use bpi_ledger::{store, verify};
 use bpi_support::exit::Failure;
 use bpi_support::record::Recorder;
 use bpi_support::{progress, Cmd};
-use bpi_update::health::{self, Check, Report, UnitState};
+use bpi_update::health::{self, Check, Report};
 use bpi_update::{apply, bios, esp};
 use clap::Args;
 use serde_json::json;
@@ -121,18 +121,20 @@ fn gather() -> Vec<Check> {
         Ok(r) => Check { name: "ledger".into(), ok: r.ok, detail: if r.ok { "verifies".into() } else { r.render().lines().last().unwrap_or("does not verify").to_string() } },
         Err(e) => Check { name: "ledger".into(), ok: false, detail: format!("{e:#}") },
     });
-    // Every unit the preset enables but this one (running while it checks).
-    for unit in bpi_formats::units::enabled().into_iter().filter(|u| u != "bpi-health.service") {
-        checks.push(match unit_state(&unit) {
-            Ok(u) => health::unit_check(&u),
-            Err(e) => Check { name: unit.clone(), ok: false, detail: format!("{e:#}") },
-        });
+    // Every unit the preset enables but this one (running while it checks),
+    // in one `systemctl show` (a call per unit cost seconds of a TCG boot).
+    let units: Vec<String> = bpi_formats::units::enabled().into_iter().filter(|u| u != "bpi-health.service").collect();
+    match Cmd::new("systemctl").args(["show", "--property=Id,ActiveState,Type,ConditionResult"]).args(&units).output() {
+        Ok(out) => {
+            let states = health::parse_show(&out);
+            for unit in &units {
+                checks.push(match states.iter().find(|s| &s.unit == unit) {
+                    Some(u) => health::unit_check(u),
+                    None => Check { name: unit.clone(), ok: false, detail: "systemctl show says nothing of it".into() },
+                });
+            }
+        }
+        Err(e) => checks.extend(units.iter().map(|u| Check { name: u.clone(), ok: false, detail: format!("{e:#}") })),
     }
     checks
-}
-
-fn unit_state(unit: &str) -> Result<UnitState> {
-    let out = Cmd::new("systemctl").args(["show", "--property=ActiveState,Type,ConditionResult", unit]).output()?;
-    let get = |k: &str| out.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).unwrap_or("").to_string();
-    Ok(UnitState { unit: unit.to_string(), active_state: get("ActiveState"), service_type: get("Type"), condition_met: get("ConditionResult") != "no" })
 }

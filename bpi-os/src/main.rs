@@ -59,9 +59,6 @@ enum Command {
     Health(health::HealthArgs),
     /// The NXOS DRX network runtime: the XDP data plane, trust, and the control plane (topology, routes, intents).
     Nxos(nxos::NxosArgs),
-    /// Automount the boot disk's ESP at /boot on a BIOS boot, as systemd's gpt-auto generator does under UEFI (bpi-esp.service runs it).
-    #[command(hide = true)]
-    MountEsp,
     /// Write the man pages and shell completions under DIR (a usr/share); the image build runs it.
     #[command(hide = true)]
     GenerateDocs {
@@ -87,7 +84,6 @@ fn main() {
         Command::Provision { command } => provision::run(command),
         Command::Update { command } => update::run(command),
         Command::Health(args) => health::run(args),
-        Command::MountEsp => update::mount_esp(),
         Command::GenerateDocs { out } => docs::generate(Cli::command(), &out).map(|files| {
             for f in files {
                 println!("{}", f.display());

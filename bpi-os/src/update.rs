@@ -362,26 +362,3 @@ fn rollback(dry_run: bool, reboot: bool, json: Json) -> Result<()> {
     }
     Ok(())
 }
-
-/// `bpi-os mount-esp` (bpi-esp.service, BIOS boots only): the boot disk's
-/// ESP automounted at /boot, where gpt-auto puts it under UEFI.
-pub fn mount_esp() -> Result<()> {
-    if Path::new("/sys/firmware/efi").is_dir() {
-        println!("booted through UEFI: systemd's gpt-auto generator automounts the ESP at /boot");
-        return Ok(());
-    }
-    if let Ok(d) = esp::find() {
-        println!("the ESP is at {} already", d.display());
-        return Ok(());
-    }
-    let disk = BootDisk::find()?;
-    let esp_part = disk.parts.first().context("the boot disk has no partitions")?;
-    if !esp_part.type_guid.eq_ignore_ascii_case(bpi_formats::gpt::types::ESP) {
-        bail!("the first partition of {} is not an EFI system partition (type {})", disk.path.display(), esp_part.type_guid);
-    }
-    let dev = disk.partition_device(0)?;
-    esp::automount(&dev)?;
-    println!("the ESP {} is automounted at /boot", dev.display());
-    Ok(())
-}
-

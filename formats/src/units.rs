@@ -13,7 +13,6 @@ pub const FILES: &[(&str, &str)] = &[
     ("bpi-config.mount", include_str!("../../units/bpi-config.mount")),
     ("bpi-drx-control.service", include_str!("../../units/bpi-drx-control.service")),
     ("bpi-drx-data.service", include_str!("../../units/bpi-drx-data.service")),
-    ("bpi-esp.service", include_str!("../../units/bpi-esp.service")),
     ("bpi-health.service", include_str!("../../units/bpi-health.service")),
     ("bpi-ledger.service", include_str!("../../units/bpi-ledger.service")),
     ("bpi-provision.service", include_str!("../../units/bpi-provision.service")),

@@ -12,7 +12,6 @@ const BOUNDS: &[(&str, f64, &str)] = &[
     ("bpi-drx-control.service", 1.0, ""),
     ("bpi-drx-data.service", 2.0, ""),
     ("bpi-health.service", 2.0, ""),
-    ("bpi-esp.service", 1.5, ""),
     // Downloads (the network) and writes the inactive slot's raw partitions,
     // the partition table and the ESP as root.
     ("bpi-update.service", 3.0, "downloads and writes raw partitions"),

@@ -10,8 +10,10 @@ use anyhow::{Context, Result};
 use bpi_formats::slots::{parse_uki_name, uki_name};
 use serde::Serialize;
 
-/// Where the ESP is mounted (systemd's gpt-auto generator automounts it at
-/// /boot on a bpi-os node; /efi and /boot/efi are where others put it).
+/// Where the ESP is mounted (systemd's gpt-auto generator automounts the
+/// root disk's ESP at /boot on a bpi-os node, under UEFI and, in systemd
+/// 252, under BIOS too, without the check that the loader came from it;
+/// /efi and /boot/efi are where others put it).
 pub fn find() -> Result<PathBuf> {
     for d in ["/efi", "/boot/efi", "/boot"] {
         let p = Path::new(d);
@@ -20,20 +22,6 @@ pub fn find() -> Result<PathBuf> {
         }
     }
     anyhow::bail!("no ESP with EFI/Linux under /efi, /boot/efi or /boot: is this node booted through systemd-boot?")
-}
-
-/// Under BIOS nothing mounts the ESP (systemd's gpt-auto generator does so
-/// only on UEFI boots): bpi-esp.service has PID 1 automount the boot disk's
-/// ESP at /boot as gpt-auto does, so updates and the health check find it
-/// where they do under UEFI.
-pub fn automount(device: &Path) -> Result<()> {
-    bpi_support::Cmd::new("systemd-mount")
-        .args(["--automount=yes", "--timeout-idle-sec=2min", "--fsck=no", "--type=vfat", "--options=umask=0077,nosuid,nodev,noexec"])
-        .arg(device)
-        .arg("/boot")
-        .run()
-        .with_context(|| format!("automounting the ESP {} at /boot", device.display()))?;
-    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

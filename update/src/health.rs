@@ -79,6 +79,22 @@ pub struct UnitState {
     pub condition_met: bool,
 }
 
+/// `systemctl show --property=Id,ActiveState,Type,ConditionResult UNIT...`:
+/// one block per unit, blank lines between them.
+pub fn parse_show(out: &str) -> Vec<UnitState> {
+    out.split("\n\n")
+        .filter_map(|block| {
+            let get = |k: &str| block.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).map(str::to_string);
+            Some(UnitState {
+                unit: get("Id")?,
+                active_state: get("ActiveState").unwrap_or_default(),
+                service_type: get("Type").unwrap_or_default(),
+                condition_met: get("ConditionResult").as_deref() != Some("no"),
+            })
+        })
+        .collect()
+}
+
 /// A unit is healthy when it has not failed, and a daemon (not a oneshot)
 /// whose conditions were met is active.
 pub fn unit_check(u: &UnitState) -> Check {
@@ -93,6 +109,15 @@ mod tests {
 
     fn unit(name: &str, state: &str, kind: &str, met: bool) -> UnitState {
         UnitState { unit: name.into(), active_state: state.into(), service_type: kind.into(), condition_met: met }
+    }
+
+    #[test]
+    fn systemctl_show_blocks_parse_per_unit() {
+        let out = "Type=oneshot\nActiveState=inactive\nConditionResult=no\nId=bpi-store.service\n\nType=\nActiveState=active\nConditionResult=yes\nId=tmp.mount\n";
+        let s = parse_show(out);
+        assert_eq!(s, vec![unit("bpi-store.service", "inactive", "oneshot", false), unit("tmp.mount", "active", "", true)]);
+        assert!(unit_check(&s[0]).ok);
+        assert!(parse_show("").is_empty());
     }
 
     #[test]

@@ -48,8 +48,10 @@ pub fn updates(vm: &Vm, sock: &Path) -> Result<()> {
     std::os::unix::fs::symlink(updates_dir().join("broken/update"), www.path().join("broken"))?;
     let server = Server::start(www.path().to_path_buf())?;
 
-    // bpi-esp.service has the ESP automounted at /boot, as gpt-auto does under UEFI.
-    ensure!(vm.sh("systemctl is-active bpi-esp.service")?.trim() == "active", "bpi-esp.service is not active");
+    // systemd's gpt-auto generator automounts the root disk's ESP at /boot
+    // under BIOS too (systemd 252), where updates and the bless find it.
+    let boot = vm.sh("systemctl is-active boot.automount && ls /boot/grub/grub.cfg")?;
+    ensure!(boot.contains("active") && boot.contains("grub.cfg"), "the ESP is not automounted at /boot: {boot}");
     let st = status(vm)?;
     ensure!(st["bios"]["saved"] == n.version.as_str() && st["bios"]["trial"].is_null(), "GRUB's state as installed: {st}");
     let (c, out) = apply(vm, &format!("--from {} --tries 1", server.guest_url("next")))?;
