@@ -14,7 +14,7 @@
 //! stub and cryptsetup read the result), run with the image's libraries.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use bpi_support::Cmd;
@@ -51,12 +51,7 @@ pub fn sign(root: &Path, s: &Sections, private_key: &Path, work: &Path) -> Resul
         .arg("--ctrl")
         .arg(format!("type=unixio,path={}.ctrl", sock.display()))
         .spawn_daemon()?;
-    let t = Instant::now();
-    while !sock.exists() {
-        swtpm.check_running()?;
-        ensure!(t.elapsed() < Duration::from_secs(10), "swtpm did not open {}", sock.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    swtpm.wait_for_path(&sock, Duration::from_secs(10))?;
     let libs = ["usr/lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu/systemd"].map(|d| root.join(d).display().to_string()).join(":");
     let mut cmd = Cmd::new(root.join("lib64/ld-linux-x86-64.so.2"))
         .arg("--library-path")

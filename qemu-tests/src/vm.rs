@@ -5,6 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use bpi_support::cmd::Daemon;
 use bpi_support::Cmd;
 
 use crate::logscan;
@@ -108,7 +109,8 @@ pub struct Machine {
 pub struct Vm<'a> {
     machine: &'a Machine,
     child: Child,
-    swtpm: Option<Child>,
+    /// Held for its guard: swtpm runs while the machine does.
+    _swtpm: Option<Daemon>,
     pub started: Instant,
     boot_no: u32,
 }
@@ -242,7 +244,7 @@ impl Machine {
         }
         eprintln!("  $ {:?}", cmd);
         let child = cmd.spawn().context("starting qemu-system-x86_64")?;
-        Ok(Vm { machine: self, child, swtpm, started: Instant::now(), boot_no })
+        Ok(Vm { machine: self, child, _swtpm: swtpm, started: Instant::now(), boot_no })
     }
 }
 
@@ -434,34 +436,23 @@ impl Drop for Vm<'_> {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Some(mut t) = self.swtpm.take() {
-            let _ = t.kill();
-            let _ = t.wait();
-        }
+        // swtpm (a Daemon guard) stops after QEMU, when the fields drop.
     }
 }
 
 /// Starts swtpm for one boot; returns it and its control socket once it listens.
-fn start_swtpm(state: &Path, ctrl: &Path) -> Result<(Child, PathBuf)> {
+fn start_swtpm(state: &Path, ctrl: &Path) -> Result<(Daemon, PathBuf)> {
     std::fs::create_dir_all(state)?;
     let _ = std::fs::remove_file(ctrl);
-    let child = Command::new("swtpm")
+    let mut swtpm = Cmd::new("swtpm")
         .args(["socket", "--tpm2", "--terminate"])
         .arg("--tpmstate")
         .arg(format!("dir={}", state.display()))
         .arg("--ctrl")
         .arg(format!("type=unixio,path={}", ctrl.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting swtpm (package swtpm)")?;
-    let t = Instant::now();
-    while !ctrl.exists() {
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(10), "swtpm did not open {}", ctrl.display());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok((child, ctrl.to_path_buf()))
+        .spawn_daemon()?;
+    swtpm.wait_for_path(ctrl, Duration::from_secs(10))?;
+    Ok((swtpm, ctrl.to_path_buf()))
 }
 
 /// A TCP port on 127.0.0.1 that nothing listens on now.

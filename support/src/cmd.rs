@@ -209,6 +209,18 @@ impl Daemon {
             _ => Ok(()),
         }
     }
+
+    /// Waits until the daemon has made `path` (its socket), failing when it
+    /// exits first or `timeout` passes.
+    pub fn wait_for_path(&mut self, path: &std::path::Path, timeout: std::time::Duration) -> anyhow::Result<()> {
+        let t = std::time::Instant::now();
+        while !path.exists() {
+            self.check_running()?;
+            anyhow::ensure!(t.elapsed() < timeout, "`{}` did not make {} within {timeout:?}", self.cmdline, path.display());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Daemon {
