@@ -12,6 +12,7 @@ mod provision;
 mod status;
 mod store;
 mod update;
+mod vpod;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use output::Json;

@@ -109,6 +109,8 @@ enum NxosCommand {
         #[command(subcommand)]
         command: control::ControlCommand,
     },
+    /// vPod ports: allocate, release, list, ranges, health.
+    Ports(crate::vpod::PortsArgs),
 }
 
 #[derive(Subcommand)]
@@ -246,6 +248,7 @@ pub fn run(args: NxosArgs) -> Result<()> {
         NxosCommand::Policy { command } => control::policy(command),
         NxosCommand::Link { command } => control::link(command),
         NxosCommand::Control { command } => control::control(dir, command),
+        NxosCommand::Ports(args) => crate::vpod::run(args),
     }
 }
 

@@ -163,13 +163,19 @@ impl LedgerPlugin for DrxPlugin {
         "drx-plugin"
     }
     fn categories(&self) -> Vec<String> {
-        ["ebpf", "trust"].map(String::from).to_vec()
+        ["ebpf", "trust", "vpod"].map(String::from).to_vec()
     }
     fn validate_data(&self, category: &str, d: &Value) -> Result<(), String> {
         match category {
             "ebpf" => {
                 ifname(d, "interface", true)?;
                 text(d, "program", true)?;
+            }
+            "vpod" => {
+                if !d.get("port").and_then(Value::as_u64).is_some_and(|p| (1..=65535).contains(&p)) {
+                    return Err("\"port\" must be a port number (1-65535)".into());
+                }
+                text(d, "service", true)?;
             }
             _ => {
                 let changes = d.get("changes").ok_or("missing \"changes\"")?;
