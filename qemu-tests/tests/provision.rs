@@ -289,7 +289,9 @@ fn bad_provisioning_fails_closed_and_says_where() -> Result<()> {
             ensure!(out.code == 3, "{what}: provision apply --from exited {}: {}{}", out.code, out.stdout, out.stderr);
             let r: Value = serde_json::from_str(&out.stdout).with_context(|| format!("{what}: no JSON report: {}", out.stdout))?;
             ensure!(r["outcome"] == "refused", "{what}: {r}");
-            (r["errors"][0].as_str().unwrap_or("").to_string(), format!("{dir}/user-data:"))
+            // The report's findings are {file, line, message}; status prints them as FILE:LINE: MESSAGE.
+            let e = &r["errors"][0];
+            (format!("{}:{}: {}", e["file"].as_str().unwrap_or(""), e["line"], e["message"].as_str().unwrap_or("")), format!("{dir}/user-data:"))
         };
         ensure!(first.starts_with(&prefix) && first.contains(message.as_str()), "{what}: first error {first:?}");
         if *line > 0 {
