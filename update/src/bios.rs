@@ -11,10 +11,12 @@ use anyhow::{Context, Result};
 use bpi_formats::grub::{self, State};
 use bpi_formats::slots::parse_uki_name;
 
-/// An ESP written before the BIOS path existed has no grub.cfg: there is
-/// nothing to keep in step.
+/// An ESP written before the BIOS path existed has no grub.cfg, and one
+/// written before GRUB counted trials has no grubenv: its core image has no
+/// `load_env`, and a grub.cfg that needs it would boot a new version with
+/// no fallback. Either way there is nothing to keep in step (docs/boot.md).
 pub fn present(esp: &Path) -> bool {
-    esp.join(grub::GRUB_CFG).is_file()
+    esp.join(grub::GRUB_CFG).is_file() && esp.join(grub::GRUBENV).is_file()
 }
 
 pub fn state(esp: &Path) -> Result<State> {
@@ -124,8 +126,10 @@ mod tests {
         assert!(!present(esp));
         let old = uki(esp, "bpi-os_0.1.0.efi", "roothash=aa ro", b"kernel 0");
         install(esp, &old, "0.1.0").unwrap();
-        assert!(present(esp));
+        // grub.cfg without grubenv: an ESP from before GRUB counted trials.
+        assert!(!present(esp));
         bless(esp, "0.1.0").unwrap();
+        assert!(present(esp));
         // An update: its UKI with tries, its BIOS files, a trial.
         let new = uki(esp, "bpi-os_0.10.0+3.efi", "roothash=bb ro", b"kernel 10");
         install(esp, &new, "0.10.0").unwrap();
