@@ -19,28 +19,33 @@ pub fn present(esp: &Path) -> bool {
     esp.join(grub::GRUB_CFG).is_file() && esp.join(grub::GRUBENV).is_file()
 }
 
-pub fn state(esp: &Path) -> Result<State> {
+/// grubenv as it is (empty when there is none yet) and where it is.
+fn read_env(esp: &Path) -> Result<(std::path::PathBuf, grub::Env)> {
     let path = esp.join(grub::GRUBENV);
     let env = match std::fs::read(&path) {
         Ok(b) => grub::parse_env(&b).with_context(|| format!("reading {}", path.display()))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => grub::Env::new(),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    Ok(State::of(&env))
+    Ok((path, env))
+}
+
+pub fn state(esp: &Path) -> Result<State> {
+    Ok(State::of(&read_env(esp)?.1))
 }
 
 /// Changes the A/B state with `change`, keeping grubenv's other variables;
-/// the file is replaced whole (GRUB finds it by name on every boot).
+/// the file is replaced whole (GRUB finds it by name on every boot), and
+/// only when the state changed (the bless runs on every healthy boot).
 fn update_state(esp: &Path, change: impl FnOnce(&mut State)) -> Result<State> {
-    let path = esp.join(grub::GRUBENV);
-    let mut env = match std::fs::read(&path) {
-        Ok(b) => grub::parse_env(&b).with_context(|| format!("reading {}", path.display()))?,
-        Err(_) => grub::Env::new(),
-    };
-    let mut st = State::of(&env);
+    let (path, mut env) = read_env(esp)?;
+    let before = State::of(&env);
+    let mut st = before.clone();
     change(&mut st);
-    st.apply_to(&mut env);
-    bpi_support::fsmode::write_atomic(&path, &grub::render_env(&env)?, 0o644).with_context(|| format!("writing {}", path.display()))?;
+    if st != before {
+        st.apply_to(&mut env);
+        bpi_support::fsmode::write_atomic(&path, &grub::render_env(&env)?, 0o644).with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(st)
 }
 
