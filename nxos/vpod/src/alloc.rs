@@ -18,6 +18,8 @@ use crate::ranges;
 pub const DEFAULT_DIR: &str = "/bpi/data/nxos";
 const STATE: &str = "vpod-ports.json";
 const LOCK: &str = "vpod-ports.lock";
+/// The allocation file's size at most: every port of every range, with room.
+const MAX_STATE_BYTES: u64 = 4 << 20;
 /// The longest lease `--ttl` takes: a year.
 pub const MAX_TTL: u64 = 365 * 86400;
 
@@ -86,7 +88,8 @@ impl Allocator {
         let lock = File::options().create(true).append(true).open(self.dir.join(LOCK)).with_context(|| format!("opening the lock in {}", self.dir.display()))?;
         rustix::fs::flock(&lock, FlockOperation::LockExclusive).context("locking the port allocations")?;
         let path = self.state_path();
-        let mut state: State = match std::fs::read(&path) {
+        // A FIFO or device there would hang or feed the reader without end.
+        let mut state: State = match bpi_support::fsmode::read_small(&path, MAX_STATE_BYTES) {
             Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{} is not a port allocation file", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -227,6 +230,9 @@ mod tests {
         assert!(a.allocate("core", "x", Some(0), 1, &free, false).unwrap_err().to_string().contains("--ttl 0"));
         std::fs::write(a.state_path(), b"{\"allocations\": 3}").unwrap();
         assert!(a.list(1).unwrap_err().to_string().contains("not a port allocation file"));
+        std::fs::remove_file(a.state_path()).unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, a.state_path(), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
+        assert!(format!("{:#}", a.list(1).unwrap_err()).contains("not a regular file"));
     }
 
     #[test]
