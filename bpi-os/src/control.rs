@@ -115,9 +115,14 @@ pub fn daemon(source: &Source) -> Result<(zbus::blocking::Connection, Control1Pr
 }
 
 pub fn remote_err(e: zbus::Error) -> anyhow::Error {
+    remote_error(e, "bpi-drx-control")
+}
+
+/// A D-Bus error from one of bpi-os's services: the service's own message, or what failed calling it.
+pub fn remote_error(e: zbus::Error, service: &str) -> anyhow::Error {
     match e {
         zbus::Error::MethodError(name, msg, _) => anyhow::anyhow!("{} ({})", msg.unwrap_or_default(), name.as_str()),
-        e => anyhow::Error::new(e).context("calling bpi-drx-control"),
+        e => anyhow::Error::new(e).context(format!("calling {service}")),
     }
 }
 

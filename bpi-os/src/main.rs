@@ -9,6 +9,7 @@ mod ledger;
 mod nxos;
 mod output;
 mod provision;
+mod qlock;
 mod status;
 mod store;
 mod update;

@@ -111,6 +111,18 @@ enum NxosCommand {
     },
     /// vPod ports: allocate, release, list, ranges, health.
     Ports(crate::vpod::PortsArgs),
+    /// This node's QLock identity (Ed25519 + ML-DSA-65): show, export for the other nodes' Meta-RIB.
+    Identity {
+        #[command(subcommand)]
+        command: crate::qlock::IdentityCommand,
+    },
+    /// QLock sessions with other nodes: list (--active, --detailed), open, rekey, close.
+    Sessions(crate::qlock::SessionsArgs),
+    /// The QLock daemon.
+    Qlock {
+        #[command(subcommand)]
+        command: crate::qlock::QlockCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -249,6 +261,9 @@ pub fn run(args: NxosArgs) -> Result<()> {
         NxosCommand::Link { command } => control::link(command),
         NxosCommand::Control { command } => control::control(dir, command),
         NxosCommand::Ports(args) => crate::vpod::run(args),
+        NxosCommand::Identity { command } => crate::qlock::identity(command),
+        NxosCommand::Sessions(args) => crate::qlock::sessions(args),
+        NxosCommand::Qlock { command } => crate::qlock::serve(command),
     }
 }
 

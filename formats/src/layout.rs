@@ -110,6 +110,8 @@ pub const TREE: &[Dir] = &[
     d("/bpi/data/encrypted/tpm-sealed", 0o700, Data),
     d("/bpi/data/encrypted/qlock-sessions", 0o700, Data),
     d("/bpi/data/encrypted/pq-crypto", 0o700, Data),
+    // QLock's identity where there is no encrypted store (said in its status).
+    d("/bpi/data/pq-crypto", 0o700, Data),
     // Mount point of the runtime tmpfs.
     d("/bpi/runtime", 0o755, Image),
     d("/bpi/runtime/processes", 0o755, Runtime),
@@ -117,6 +119,8 @@ pub const TREE: &[Dir] = &[
     d("/bpi/runtime/processes/service-states", 0o755, Runtime),
     d("/bpi/runtime/processes/health-monitors", 0o755, Runtime),
     d("/bpi/runtime/network", 0o755, Runtime),
+    // Live QLock sessions and their keys: tmpfs, never on a disk.
+    d("/bpi/runtime/qlock-sessions", 0o700, Runtime),
     d("/bpi/runtime/network/active-sessions", 0o755, Runtime),
     d("/bpi/runtime/network/routing-tables", 0o755, Runtime),
     d("/bpi/runtime/network/trust-scores", 0o755, Runtime),

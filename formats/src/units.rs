@@ -16,6 +16,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("bpi-health.service", include_str!("../../units/bpi-health.service")),
     ("bpi-ledger.service", include_str!("../../units/bpi-ledger.service")),
     ("bpi-provision.service", include_str!("../../units/bpi-provision.service")),
+    ("bpi-qlock.service", include_str!("../../units/bpi-qlock.service")),
     ("bpi-runtime.mount", include_str!("../../units/bpi-runtime.mount")),
     ("bpi-store-init.service", include_str!("../../units/bpi-store-init.service")),
     ("bpi-store.service", include_str!("../../units/bpi-store.service")),
@@ -24,6 +25,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("bpi-update.timer", include_str!("../../units/bpi-update.timer")),
     ("dbus/org.bpi.os.Control1.conf", include_str!("../../units/dbus/org.bpi.os.Control1.conf")),
     ("dbus/org.bpi.os.Ledger1.conf", include_str!("../../units/dbus/org.bpi.os.Ledger1.conf")),
+    ("dbus/org.bpi.os.QLock1.conf", include_str!("../../units/dbus/org.bpi.os.QLock1.conf")),
     ("tmp.mount", include_str!("../../units/tmp.mount")),
 ];
 

@@ -11,6 +11,7 @@ const BOUNDS: &[(&str, f64, &str)] = &[
     ("bpi-ledger.service", 1.0, ""),
     ("bpi-drx-control.service", 1.0, ""),
     ("bpi-drx-data.service", 2.0, ""),
+    ("bpi-qlock.service", 1.6, ""),
     ("bpi-health.service", 2.0, ""),
     // Downloads (the network) and writes the inactive slot's raw partitions,
     // the partition table and the ESP as root.

@@ -75,6 +75,8 @@ fn random_topology(n: usize, seed: u64) -> Topology {
             attestation: atts[r.below(3)],
             inputs: Some(inputs(&mut r)),
             score_override: None,
+            identity: None,
+            qlock: None,
         })
         .collect();
     let mut links = Vec::new();

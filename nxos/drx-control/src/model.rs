@@ -32,7 +32,14 @@ pub struct Node {
     pub inputs: Option<TrustInputs>,
     /// A score set by an operator (`score` in the file, `trust update`), used instead of the inputs.
     pub score_override: Option<f64>,
+    /// Its QLock public identity (base64 of Ed25519 then ML-DSA-65 keys), checked for length here.
+    pub identity: Option<String>,
+    /// Where its QLock service listens (host:port).
+    pub qlock: Option<String>,
 }
+
+/// The bytes of a QLock public identity: Ed25519's 32 and ML-DSA-65's 1952.
+pub const QLOCK_IDENTITY_LEN: usize = 32 + 1952;
 
 /// On D-Bus too, in `topology()`'s reply.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, zbus::zvariant::Type)]
@@ -119,6 +126,8 @@ struct RawNode {
     security_incidents: Option<Spanned<f64>>,
     compliance: Option<Spanned<f64>>,
     score: Option<Spanned<f64>>,
+    identity: Option<Spanned<String>>,
+    qlock: Option<Spanned<String>>,
 }
 
 fn no_attestation() -> Attestation {
@@ -160,6 +169,31 @@ pub fn check_node_id(id: &str) -> std::result::Result<(), String> {
     } else {
         Err(format!("'{id}' is not a node id (1-64 of A-Z a-z 0-9 . _ -)"))
     }
+}
+
+/// A QLock identity as the file gives it: base64 of the right length.
+fn check_identity(text: &str) -> std::result::Result<String, String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(|e| format!("not base64 ({e}); paste what `bpi-os nxos identity export` prints"))?;
+    if bytes.len() != QLOCK_IDENTITY_LEN {
+        return Err(format!("{} bytes, not the {QLOCK_IDENTITY_LEN} of a QLock identity (Ed25519 then ML-DSA-65)", bytes.len()));
+    }
+    Ok(text.trim().to_string())
+}
+
+/// host:port, with a port from 1 to 65535 ([v6]:port for IPv6 addresses).
+fn check_endpoint(text: &str) -> std::result::Result<String, String> {
+    let bad = || format!("'{text}' is not host:port (an IPv6 address as [addr]:port)");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host_ok = !host.is_empty()
+        && (host.parse::<std::net::Ipv4Addr>().is_ok()
+            || host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok())
+            || host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-".contains(&b)));
+    if port == 0 || !host_ok {
+        return Err(bad());
+    }
+    Ok(text.to_string())
 }
 
 /// FNV-1a of the node id: a data-plane id that does not move when the file is reordered.
@@ -291,7 +325,15 @@ impl Topology {
                 Some(j) => j.get_ref().clone(),
                 None => "unknown".into(),
             };
-            nodes.push(Node { id, dp_id, prefixes, jurisdiction, attestation: n.attestation, inputs, score_override: score });
+            let identity = match &n.identity {
+                Some(i) => Some(check_identity(i.get_ref()).map_err(|e| src.error(i, format!("node '{id}': identity: {e}")))?),
+                None => None,
+            };
+            let qlock = match &n.qlock {
+                Some(q) => Some(check_endpoint(q.get_ref()).map_err(|e| src.error(q, format!("node '{id}': qlock: {e}")))?),
+                None => None,
+            };
+            nodes.push(Node { id, dp_id, prefixes, jurisdiction, attestation: n.attestation, inputs, score_override: score, identity, qlock });
         }
         let mut links = Vec::with_capacity(raw_links.len());
         for (src, l) in raw_links {

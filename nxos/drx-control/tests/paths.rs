@@ -16,7 +16,7 @@ fn inputs() -> TrustInputs {
 }
 
 fn node(id: &str, trust: f64, jurisdiction: &str, attestation: Attestation) -> Node {
-    Node { id: id.into(), dp_id: 0, prefixes: vec![], jurisdiction: jurisdiction.into(), attestation, inputs: Some(inputs()), score_override: Some(trust) }
+    Node { id: id.into(), dp_id: 0, prefixes: vec![], jurisdiction: jurisdiction.into(), attestation, inputs: Some(inputs()), score_override: Some(trust), identity: None, qlock: None }
 }
 
 fn link(a: &str, b: &str, latency_ms: f64, bandwidth_mbps: f64, loss: f64, carbon: f64) -> Link {

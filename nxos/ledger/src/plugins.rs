@@ -155,7 +155,8 @@ impl LedgerPlugin for StoragePlugin {
     }
 }
 
-/// The DRX runtime: data-plane programs ("ebpf") and trust changes ("trust").
+/// The DRX runtime: data-plane programs ("ebpf"), trust changes ("trust"),
+/// vPod ports ("vpod") and QLock identities and sessions ("qlock").
 pub struct DrxPlugin;
 
 impl LedgerPlugin for DrxPlugin {
@@ -163,7 +164,7 @@ impl LedgerPlugin for DrxPlugin {
         "drx-plugin"
     }
     fn categories(&self) -> Vec<String> {
-        ["ebpf", "trust", "vpod"].map(String::from).to_vec()
+        ["ebpf", "trust", "vpod", "qlock"].map(String::from).to_vec()
     }
     fn validate_data(&self, category: &str, d: &Value) -> Result<(), String> {
         match category {
@@ -176,6 +177,15 @@ impl LedgerPlugin for DrxPlugin {
                     return Err("\"port\" must be a port number (1-65535)".into());
                 }
                 text(d, "service", true)?;
+            }
+            "qlock" => {
+                let id = text(d, "node_id", true)?.unwrap_or_default();
+                if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!("\"node_id\" {id:?} is not a QLock node id (64 hex digits)"));
+                }
+                if d.get("key").is_some() {
+                    return Err("a session's key is never recorded, only its fingerprint".into());
+                }
             }
             _ => {
                 let changes = d.get("changes").ok_or("missing \"changes\"")?;
@@ -287,6 +297,8 @@ mod tests {
             ("port", r#"{"port":7}"#, "must be a string"),
             ("ebpf", r#"{"interface":"eth0"}"#, "missing \"program\""),
             ("trust", r#"{"changes":[]}"#, "non-empty list"),
+            ("qlock", r#"{"session":"ab"}"#, "missing \"node_id\""),
+            ("qlock", r#"{"node_id":"xyz"}"#, "not a QLock node id"),
         ];
         for (cat, data, want) in cases {
             let e = p.prepare(cat, data).unwrap_err().to_string();
@@ -310,6 +322,7 @@ mod tests {
             ("mount", r#"{"path":"/bpi/data","device":"/dev/vda4"}"#),
             ("ebpf", r#"{"interface":"ens3","program":"xdp_trust_routing","mode":"native"}"#),
             ("trust", r#"{"changes":[{"write":"put_node","node":7,"score":850000}]}"#),
+            ("qlock", r#"{"node_id":"4f7a000000000000000000000000000000000000000000000000000000000001","session":"ab","fingerprint":"00"}"#),
         ] {
             p.prepare(cat, data).unwrap_or_else(|e| panic!("{cat}: {e}"));
         }

@@ -6,3 +6,6 @@ pub mod identity;
 pub mod kex;
 pub mod handshake;
 pub mod schedule;
+pub mod node;
+pub mod service;
+pub mod session;
