@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use bpi_drx_control::{model::Topology, DEFAULT_TOPOLOGY};
 use bpi_qlock::{
     identity::{Identity, IDENTITY_FILE},
@@ -250,10 +250,12 @@ fn load_or_make_identity(data: &Path) -> Result<(Identity, PathBuf, bool, bool)>
 pub fn serve(command: QlockCommand) -> Result<()> {
     let QlockCommand::Serve { topology, name, listen, data_dir, sessions_dir, rekey_interval, admin_group, bus } = command;
     let t = Topology::load(&topology)?;
+    // A Meta-RIB that names no local node still gets a running service: the host name stands.
     let name = match name.or_else(|| t.settings.local.clone()) {
         Some(n) => n,
-        None => bail!("{}: no [control] local names this node; pass --name", topology.display()),
+        None => nix::unistd::gethostname().context("reading the host name")?.to_string_lossy().into_owned(),
     };
+    bpi_drx_control::model::check_node_id(&name).map_err(|e| anyhow::anyhow!("this node's name: {e}; pass --name"))?;
     let (me, key_file, encrypted_store, created) = load_or_make_identity(&data_dir)?;
     let directory = Directory::from_topology(&t, me.public())?;
     let recorder = std::sync::Arc::new(bpi_ledger::service::LedgerRecorder::new(bus.clone()));

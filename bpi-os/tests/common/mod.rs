@@ -177,10 +177,24 @@ pub fn serve(s: &Scratch, args: &[&str]) -> Service {
 
 /// [`serve`] with more environment (systemd's WATCHDOG_USEC, say).
 pub fn serve_env(s: &Scratch, args: &[&str], env: &[(&str, &str)]) -> Service {
+    let mut cmd = Command::new(&s.bin);
+    cmd.args(args).envs(env.iter().copied());
+    serve_command(s, cmd)
+}
+
+/// `bpi-os ARGS` in a network namespace, as [`serve`].
+pub fn serve_in(s: &Scratch, netns: &str, args: &[&str]) -> Service {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns]).arg(&s.bin).args(args);
+    serve_command(s, cmd)
+}
+
+/// Starts `cmd` with a NOTIFY_SOCKET and waits for its READY=1.
+pub fn serve_command(s: &Scratch, mut cmd: Command) -> Service {
     let notify_path = s.dir.path().join(format!("notify-{}", rand_suffix()));
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let child = Command::new(&s.bin).args(args).env("NOTIFY_SOCKET", &notify_path).envs(env.iter().copied()).spawn().unwrap();
+    let child = cmd.env("NOTIFY_SOCKET", &notify_path).spawn().unwrap();
     let svc = Service { child, notify };
     let msg = svc.notified().expect("the service never said READY=1");
     assert!(msg.contains("READY=1"), "notify said {msg:?}");
