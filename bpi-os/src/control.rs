@@ -23,13 +23,13 @@ use clap::{Args, Subcommand};
 pub struct Source {
     /// Answer from this Meta-RIB file instead of asking the running daemon.
     #[arg(long, value_name = "FILE")]
-    topology: Option<PathBuf>,
+    pub topology: Option<PathBuf>,
     /// Intent policies (a file or a directory of *.toml) for --topology.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_POLICIES)]
     policies: PathBuf,
     /// The daemon's bus (default: the system bus).
     #[arg(long, value_name = "ADDRESS")]
-    bus: Option<String>,
+    pub bus: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -103,7 +103,7 @@ fn intents(path: &Path) -> Result<std::collections::BTreeMap<String, policy::Int
     }
 }
 
-fn offline(source: &Source) -> Result<Option<Engine>> {
+pub fn offline(source: &Source) -> Result<Option<Engine>> {
     let Some(file) = &source.topology else { return Ok(None) };
     Ok(Some(Engine::new(Topology::load(file)?, intents(&source.policies)?, None)))
 }
@@ -126,18 +126,48 @@ pub fn remote_error(e: zbus::Error, service: &str) -> anyhow::Error {
     }
 }
 
-pub fn start(dry_run: bool, json: Json) -> Result<()> {
-    const UNITS: [&str; 2] = ["bpi-drx-data.service", "bpi-drx-control.service"];
-    let cmd = Cmd::new("systemctl").arg("start").args(UNITS);
+/// The parts of the runtime `nxos start` names (the seed's flags); none named is all of them.
+#[derive(Args, Clone, Copy, Debug, Default)]
+pub struct Parts {
+    /// The trust-weighted routing: the XDP data plane and the control plane.
+    #[arg(long)]
+    pub trust_routing: bool,
+    /// QLock sessions steered by trust (bpi-qlock.service).
+    #[arg(long)]
+    pub qlock_steering: bool,
+    /// Proof-of-forward: not available yet (issue 22), refused.
+    #[arg(long)]
+    pub proof_forward: bool,
+}
+
+/// The units that make up the parts asked for, in start order.
+pub fn units_of(parts: Parts) -> Result<Vec<&'static str>> {
+    if parts.proof_forward {
+        anyhow::bail!("--proof-forward: proof-of-forward has no service yet (issue 22); start the other parts without it");
+    }
+    let all = !parts.trust_routing && !parts.qlock_steering;
+    let mut units = Vec::new();
+    if all || parts.trust_routing {
+        units.extend(["bpi-drx-data.service", "bpi-drx-control.service"]);
+    }
+    if all || parts.qlock_steering {
+        units.push("bpi-qlock.service");
+    }
+    Ok(units)
+}
+
+pub fn start(parts: Parts, dry_run: bool, json: Json) -> Result<()> {
+    let units = units_of(parts)?;
+    let cmd = Cmd::new("systemctl").arg("start").args(&units);
     let cmdline = cmd.cmdline();
-    let done = serde_json::json!({ "units": UNITS, "command": cmdline, "dry_run": dry_run });
+    let done = serde_json::json!({ "units": units, "command": cmdline, "dry_run": dry_run });
     if !dry_run {
         cmd.run()?;
     }
     match (json.on(), dry_run) {
         (true, _) => json.print(&done)?,
         (false, true) => println!("would run: {cmdline}"),
-        (false, false) => println!("started {}", UNITS.join(" and ")),
+        (false, false) => println!("started {}", units.join(", ")),
     }
     Ok(())
 }
@@ -175,22 +205,6 @@ pub fn topology(source: &Source, detail: TopologyDetail, json: Json) -> Result<(
         println!("routing table:");
         for r in routes {
             println!("  {:<20} via {:<20} cost {}", r.destination, r.next_hop, r.cost);
-        }
-    }
-    Ok(())
-}
-
-pub fn metrics(source: &Source, json: Json) -> Result<()> {
-    let m = match offline(source)? {
-        Some(e) => e.metrics,
-        None => daemon(source)?.1.metrics().map_err(remote_err)?,
-    };
-    if json.on() {
-        return json.print(&m);
-    }
-    if let Some(fields) = serde_json::to_value(&m)?.as_object() {
-        for (k, v) in fields {
-            println!("{k:<22} {v}");
         }
     }
     Ok(())
@@ -320,5 +334,21 @@ pub fn control(pin_dir: &Path, command: ControlCommand) -> Result<()> {
             let recorder = std::sync::Arc::new(bpi_ledger::service::LedgerRecorder::new(bus.clone()));
             service::serve(ServeOptions { engine, admin_group, bus, recorder })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seeds_flags_start_exactly_their_parts() {
+        let p = |trust_routing, qlock_steering| Parts { trust_routing, qlock_steering, proof_forward: false };
+        assert_eq!(units_of(p(false, false)).unwrap(), ["bpi-drx-data.service", "bpi-drx-control.service", "bpi-qlock.service"]);
+        assert_eq!(units_of(p(true, false)).unwrap(), ["bpi-drx-data.service", "bpi-drx-control.service"]);
+        assert_eq!(units_of(p(false, true)).unwrap(), ["bpi-qlock.service"]);
+        assert_eq!(units_of(p(true, true)).unwrap(), units_of(p(false, false)).unwrap());
+        let pof = Parts { proof_forward: true, ..p(true, true) };
+        assert!(units_of(pof).unwrap_err().to_string().contains("issue 22"));
     }
 }

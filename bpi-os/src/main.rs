@@ -6,6 +6,7 @@ mod firmware;
 mod health;
 mod install;
 mod ledger;
+mod metrics;
 mod nxos;
 mod output;
 mod provision;

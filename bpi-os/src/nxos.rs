@@ -43,8 +43,10 @@ enum NxosCommand {
         #[command(subcommand)]
         command: TrustCommand,
     },
-    /// Start the runtime's services (bpi-drx-data, bpi-drx-control).
+    /// Start the runtime's services: the named parts, or all of them (bpi-drx-data, bpi-drx-control, bpi-qlock).
     Start {
+        #[command(flatten)]
+        parts: control::Parts,
         /// Print what would run and change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -64,13 +66,8 @@ enum NxosCommand {
         #[command(flatten)]
         json: Json,
     },
-    /// The control plane's counters and timings.
-    Metrics {
-        #[command(flatten)]
-        source: control::Source,
-        #[command(flatten)]
-        json: Json,
-    },
+    /// The seed's metrics: packets/s and time per packet (XDP), nodes, routes and changes (control plane), sessions (QLock); --real-time, --prometheus.
+    Metrics(crate::metrics::MetricsArgs),
     /// The best path and backups between two nodes, under an intent's
     /// constraints; or, with --path, check a path given by hand.
     Route {
@@ -250,9 +247,9 @@ pub fn run(args: NxosArgs) -> Result<()> {
             EbpfCommand::Status { json } => status(dir, json),
         },
         NxosCommand::Trust { command } => trust(dir, command),
-        NxosCommand::Start { dry_run, json } => control::start(dry_run, json),
+        NxosCommand::Start { parts, dry_run, json } => control::start(parts, dry_run, json),
         NxosCommand::Topology { trust_scores, routing_table, source, json } => control::topology(&source, control::TopologyDetail { trust_scores, routing_table }, json),
-        NxosCommand::Metrics { source, json } => control::metrics(&source, json),
+        NxosCommand::Metrics(args) => crate::metrics::run(dir, args),
         NxosCommand::Route { from, to, path, intent, backups, source, json } => match path {
             Some(p) => control::check_path(&source, &p, intent.as_deref(), json),
             None => control::route(&source, from.as_deref().unwrap_or(""), to.as_deref().unwrap_or(""), intent.as_deref(), backups, json),

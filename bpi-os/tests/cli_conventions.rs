@@ -76,7 +76,12 @@ fn commands_that_print_take_json_pretty_or_short() {
     let v = stdout_json(&["nxos", "policy", "check", pol.to_str().unwrap(), "--json"], OK);
     assert_eq!(v["intents"].as_array().unwrap().len(), 3, "{v}");
     let v = stdout_json(&["nxos", "start", "--dry-run", "--json"], OK);
-    assert_eq!(v["units"], serde_json::json!(["bpi-drx-data.service", "bpi-drx-control.service"]));
+    assert_eq!(v["units"], serde_json::json!(["bpi-drx-data.service", "bpi-drx-control.service", "bpi-qlock.service"]));
+    let v = stdout_json(&["nxos", "start", "--trust-routing", "--qlock-steering", "--dry-run", "--json"], OK);
+    assert_eq!(v["units"].as_array().unwrap().len(), 3);
+    let v = stdout_json(&["nxos", "start", "--qlock-steering", "--dry-run", "--json"], OK);
+    assert_eq!(v["units"], serde_json::json!(["bpi-qlock.service"]));
+    assert_eq!(code(&["nxos", "start", "--proof-forward", "--dry-run"]), 1);
     let v = stdout_json(&["store", "probe", "--device", "/nonexistent/store", "--json"], NEEDS_PERSON);
     assert_eq!(v["unattended"], false);
 

@@ -100,6 +100,51 @@ fn load_status_trust_and_unload_on_a_veth_pair() {
     let (ok, _, err) = in_far(&["trust", "unmap", "--prefix", "192.0.2.0/24"]);
     assert!(!ok && err.contains("not mapped"), "{err}");
 
+    // Metrics under traffic: UDP from near to far, through the program on cb
+    // (dropped by the drop verdict set above, counted either way).
+    near.ip(&["addr", "add", "10.99.0.1/24", "dev", "ca"]).unwrap();
+    far.ip(&["addr", "add", "10.99.0.2/24", "dev", "cb"]).unwrap();
+    let cb_mac = bpi_drx_data::testbed::mac(&far, "cb").unwrap().map(|b| format!("{b:02x}")).join(":");
+    near.ip(&["neigh", "add", "10.99.0.2", "lladdr", &cb_mac, "dev", "ca"]).unwrap();
+    let sending = std::sync::atomic::AtomicBool::new(true);
+    let samples = std::thread::scope(|sc| {
+        sc.spawn(|| {
+            near.run(|| {
+                let sock = std::net::UdpSocket::bind("10.99.0.1:0").unwrap();
+                let start = std::time::Instant::now();
+                while sending.load(std::sync::atomic::Ordering::Relaxed) && start.elapsed() < std::time::Duration::from_secs(20) {
+                    let _ = sock.send_to(&[0u8; 64], "10.99.0.2:9");
+                }
+            })
+            .unwrap()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let out = in_far(&["metrics", "--real-time", "--count", "2", "--interval", "0.5", "--json=short"]);
+        sending.store(false, std::sync::atomic::Ordering::Relaxed);
+        out
+    });
+    let (ok, out, err) = samples;
+    assert!(ok, "{err}");
+    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    let last = &lines[1];
+    let pps = last["packets_per_second"].as_f64().unwrap();
+    let ns = last["ns_per_packet"].as_f64().unwrap();
+    eprintln!("metrics under UDP traffic: {pps:.0} packets/s, {ns:.1} ns per packet (generic XDP)");
+    assert!(pps > 100.0 && ns > 0.0, "{last}");
+    assert!(last["packets"].as_u64().unwrap() > lines[0]["packets"].as_u64().unwrap(), "the counters did not grow: {out}");
+    // No control plane or QLock on this machine's bus: null, not zero, and down in Prometheus.
+    assert_eq!((last["nodes"].clone(), last["active_sessions"].clone(), last["verified_paths"].clone()), (Value::Null, Value::Null, Value::Null));
+    let (ok, prom, err) = in_far(&["metrics", "--prometheus"]);
+    assert!(ok, "{err}");
+    for want in ["bpi_source_up{source=\"data_plane\"} 1", "bpi_source_up{source=\"control_plane\"} 0", "bpi_source_up{source=\"qlock\"} 0", "# TYPE bpi_xdp_packets_total counter"] {
+        assert!(prom.contains(want), "no '{want}' in {prom}");
+    }
+    let textfile = tempfile::tempdir().unwrap();
+    let f = textfile.path().join("bpi.prom");
+    let (ok, _, err) = in_far(&["metrics", "--prometheus", "--textfile", f.to_str().unwrap()]);
+    assert!(ok && std::fs::read_to_string(&f).unwrap().contains("bpi_xdp_packets_total"), "{err}");
+
     // Loading again is a restart: the program is swapped under the same link.
     let (ok, out, err) = in_far(&["ebpf", "load", "--interface", "cb", "--mode", "generic"]);
     assert!(ok && out.contains("swapped"), "{out}{err}");

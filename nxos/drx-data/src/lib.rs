@@ -7,6 +7,7 @@
 //! - `tables`: the double-buffered tables in bpffs, and the atomic apply.
 //! - `attach`: load, attach, detach and report on interfaces.
 //! - `config`: the data plane's section of /bpi/config/system.
+//! - `stats`: the kernel's run-time statistics of the attached programs.
 //! - `testbed`: bpffs, namespaces, veth pairs and frames for tests and benchmarks.
 
 pub mod attach;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod layout;
 pub mod plan;
 pub mod prefix;
+pub mod stats;
 pub mod tables;
 pub mod testbed;
 
