@@ -103,6 +103,14 @@ fn main() {
 mod tests {
     use super::*;
 
+    /// clap's own consistency checks (conflicts and requirements name real
+    /// arguments, ...), over every command: they otherwise fire only when a
+    /// command is first parsed.
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
     /// Every argument of every command says what it is for.
     #[test]
     fn every_flag_has_help() {
