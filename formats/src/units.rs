@@ -111,6 +111,17 @@ pub fn apply(steps: &[Install]) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// The health check judges every unit the preset enables: it must start
+    /// after each of them, or it judges one still starting.
+    #[test]
+    fn the_health_check_is_ordered_after_every_unit_it_judges() {
+        let health = FILES.iter().find(|(n, _)| *n == "bpi-health.service").unwrap().1;
+        let after: Vec<&str> = health.lines().filter_map(|l| l.strip_prefix("After=")).flat_map(str::split_whitespace).collect();
+        for unit in enabled().iter().filter(|u| u.ends_with(".service") && *u != "bpi-health.service") {
+            assert!(after.contains(&unit.as_str()), "bpi-health.service is not ordered after {unit}: After={after:?}");
+        }
+    }
+
     fn listed(dir: &Path, prefix: &str, out: &mut Vec<String>) {
         for e in std::fs::read_dir(dir).unwrap().flatten() {
             let name = format!("{prefix}{}", e.file_name().to_string_lossy());

@@ -13,6 +13,8 @@ use base64::Engine;
 use bpi_qemu_tests::fixtures::{self, TOPOLOGY};
 use bpi_qemu_tests::image_dir;
 use bpi_qemu_tests::vm::{free_tcp_port, Machine, Vm, VmOptions};
+use bpi_qlock::identity::{Identity, PublicIdentity};
+use bpi_qlock::node::{Directory, Node, Options, Peer, TrustView};
 use bpi_support::Cmd;
 use serde_json::Value;
 
@@ -25,6 +27,8 @@ struct Settings<'a> {
     hostname: &'a str,
     user: &'a str,
     key: &'a str,
+    /// The Meta-RIB written to /bpi/config/system/topology.toml.
+    topology: &'a str,
 }
 
 const UPDATE_SOURCE: &str = "https://updates.example.net/bpi-os/stable";
@@ -42,7 +46,7 @@ fn user_data(s: &Settings) -> String {
     // Unattended updates from a source (not reached here: the timer's first run is 15 minutes after boot).
     t.push_str(&format!("bpi_update:\n  source: {UPDATE_SOURCE}\n  automatic: true\n"));
     t.push_str("write_files:\n  - path: /bpi/config/system/topology.toml\n    permissions: '0644'\n    content: |\n");
-    for l in TOPOLOGY.lines() {
+    for l in s.topology.lines() {
         t.push_str(&format!("      {l}\n"));
     }
     t
@@ -70,6 +74,81 @@ fn cidata_iso(dir: &Path, name: &str, files: &[(&str, String)]) -> Result<PathBu
 
 fn drive(ud: String, instance: &str) -> Vec<(&'static str, String)> {
     vec![("user-data", ud), ("network-config", network_config()), ("meta-data", format!("instance-id: {instance}\n")), ("vendor-data", String::new())]
+}
+
+/// A QLock node on the host, bpi-qlock's own code in this process: the
+/// provisioned Meta-RIB's "peer", reached by the guest at 10.0.2.2 (QEMU's
+/// user network takes that to the host's loopback).
+struct HostNode {
+    identity: Identity,
+    listener: Option<std::net::TcpListener>,
+    port: u16,
+    sessions: tempfile::TempDir,
+}
+
+impl HostNode {
+    fn new() -> Result<HostNode> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        Ok(HostNode { identity: Identity::generate()?, listener: Some(listener), port, sessions: tempfile::tempdir()? })
+    }
+
+    /// The fixture's Meta-RIB, with this node's identity and endpoint on "peer".
+    fn topology(&self) -> String {
+        TOPOLOGY.replacen("id = \"peer\"\n", &format!("id = \"peer\"\nidentity = \"{}\"\nqlock = \"10.0.2.2:{}\"\n", self.identity.public().to_base64(), self.port), 1)
+    }
+
+    /// The guest's bpi-qlock runs on the provisioned Meta-RIB, keeps its keys
+    /// 0600 (in the store when one is mounted, and says which), opens a
+    /// session with this node, and ends it when its trust in us falls.
+    fn check_session_with(mut self, vm: &Vm) -> Result<()> {
+        ensure!(vm.sh("systemctl is-active bpi-qlock.service")?.trim() == "active", "bpi-qlock.service is not running");
+        let id = json(vm, "bpi-os nxos identity show --json")?;
+        let key_file = id["key_file"].as_str().unwrap_or_default().to_string();
+        ensure!(vm.sh(&format!("stat -c %a {key_file}"))?.trim() == "600", "the identity's key file {key_file} is not 0600");
+        let store = vm.sh_any("findmnt -n -o SOURCE /bpi/data/encrypted")?.stdout.trim() == "/dev/mapper/bpi-store";
+        ensure!(id["encrypted_store"] == store && key_file.starts_with("/bpi/data/encrypted/") == store, "encrypted_store {} but the store is {}mounted: {id}", id["encrypted_store"], if store { "" } else { "not " });
+        ensure!(id["peers"] == serde_json::json!(["peer"]), "the guest's QLock peers: {id}");
+        let guest = PublicIdentity::from_base64(id["public"].as_str().unwrap_or_default())?;
+        let mut dir = Directory::default();
+        dir.insert(Peer { name: "guest".into(), identity: guest, endpoint: None });
+        let opts = Options { name: "peer".into(), sessions_dir: self.sessions.path().join("s"), rekey_s: 900, key_file: self.sessions.path().join("k"), encrypted_store: false };
+        let trust = TrustView { source: "test".into(), scores: [("guest".to_string(), 0.95)].into() };
+        let identity = std::mem::replace(&mut self.identity, Identity::from_seeds([0; 64]));
+        let node = std::sync::Arc::new(Node::new(identity, opts, dir, trust, std::sync::Arc::new(bpi_support::record::NotRecorded))?);
+        bpi_qlock::service::spawn_listener(node.clone(), self.listener.take().context("the listener is used once")?);
+
+        let t = Instant::now();
+        let opened = json(vm, "bpi-os nxos sessions open --peer peer --trust-level medium --json")?;
+        eprintln!("FIGURE QLock session from the guest to a host node ({}): {:.0} ms wall time", "TCG", t.elapsed().as_secs_f64() * 1000.0);
+        let sid = opened["session"]["id"].as_str().unwrap_or_default().to_string();
+        let ours = node.sessions();
+        ensure!(ours.len() == 1 && ours[0].id == sid && ours[0].fingerprint == opened["session"]["fingerprint"].as_str().unwrap_or("-"), "the two sides differ: guest {opened}, host {ours:?}");
+        let blocks = json(vm, "bpi-os ledger show --category qlock --json")?;
+        let actions: Vec<&str> = blocks.as_array().into_iter().flatten().filter_map(|b| b["action"].as_str()).collect();
+        ensure!(actions.contains(&"identity-created") && actions.contains(&"session-start"), "the guest's ledger: {actions:?}");
+        // The guest's trust in us falls below medium: both sides end the session.
+        vm.sh("bpi-os nxos trust update --node-id peer --score 0.2")?;
+        let t = Instant::now();
+        while node.sessions().first().is_some_and(|s| s.state == "active") {
+            ensure!(t.elapsed() < Duration::from_secs(60), "the host's session did not end after the guest's trust fell");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let reason = node.sessions()[0].reason.clone();
+        ensure!(reason.contains("fell to 0.200"), "the host's session ended for: {reason}");
+        let t = Instant::now();
+        loop {
+            let blocks = json(vm, "bpi-os ledger show --category qlock --json")?;
+            let end = blocks.as_array().into_iter().flatten().find(|b| b["action"] == "session-end" && b["data"]["session"] == sid.as_str()).cloned();
+            if let Some(end) = end {
+                ensure!(end["data"]["reason"].as_str().unwrap_or_default().contains("fell to 0.200"), "the guest's ledger: {end}");
+                break;
+            }
+            ensure!(t.elapsed() < Duration::from_secs(30), "the guest's ledger has no session-end for {sid}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Ok(())
+    }
 }
 
 fn json(vm: &Vm, cmd: &str) -> Result<Value> {
@@ -128,7 +207,7 @@ fn check_provisioned(vm: &Vm, port: u16, key: &Path, s: &Settings, source: &str)
     ensure!(groups.split_whitespace().any(|g| g == "bpi-admin") && groups.split_whitespace().any(|g| g == "sudo"), "groups: {groups}");
     ensure!(fixtures::ssh(port, key, s.user, "sudo -n id -u")?.trim() == "0", "sudo does not work for {}", s.user);
     // The topology from write_files, and the control plane running on it.
-    ensure!(vm.sh("cat /bpi/config/system/topology.toml")? == TOPOLOGY, "topology.toml differs from write_files");
+    ensure!(vm.sh("cat /bpi/config/system/topology.toml")? == s.topology, "topology.toml differs from write_files");
     ensure!(vm.sh("systemctl is-active bpi-drx-control.service")?.trim() == "active", "bpi-drx-control.service is not running");
     let topo = json(vm, "bpi-os nxos topology --json")?;
     ensure!(topo.to_string().contains("\"peer\""), "the control plane did not load the provisioned topology: {topo}");
@@ -152,7 +231,9 @@ fn proxmox_cloud_init_drive_and_smbios_credentials_provision_the_node() -> Resul
     let t = tempfile::tempdir()?;
     let key = fixtures::new_key(t.path(), "operator")?;
     let key_pub = std::fs::read_to_string(key.with_extension("pub"))?.trim().to_string();
-    let s1 = Settings { hostname: "node1", user: "op", key: &key_pub };
+    let host = HostNode::new()?;
+    let topology = host.topology();
+    let s1 = Settings { hostname: "node1", user: "op", key: &key_pub, topology: &topology };
     let iso = cidata_iso(t.path(), "cloudinit", &drive(user_data(&s1), "5c1d0e6b9a"))?;
 
     let port = free_tcp_port()?;
@@ -169,6 +250,7 @@ fn proxmox_cloud_init_drive_and_smbios_credentials_provision_the_node() -> Resul
     vm.wait_booted()?;
     vm.check_logs()?;
     let st = check_provisioned(&vm, port, &key, &s1, "cidata drive")?;
+    host.check_session_with(&vm)?;
     eprintln!("FIGURE bpi-provision.service with the cidata drive (first boot): {}", fixtures::provision_seconds(&vm)?);
     let console = vm.serial();
     for k in st["ssh"]["host_keys"].as_array().into_iter().flatten() {
@@ -193,7 +275,7 @@ fn proxmox_cloud_init_drive_and_smbios_credentials_provision_the_node() -> Resul
     vm.poweroff()?;
 
     // A new instance-id (what Proxmox gives after `qm set`): applied again.
-    let s3 = Settings { hostname: "node1b", user: "op", key: &key_pub };
+    let s3 = Settings { hostname: "node1b", user: "op", key: &key_pub, topology: TOPOLOGY };
     cidata_iso(t.path(), "cloudinit", &drive(user_data(&s3), "9e8f7a6b5c"))?;
     let mut vm = machine.start(3)?;
     vm.wait_booted()?;
@@ -207,7 +289,7 @@ fn proxmox_cloud_init_drive_and_smbios_credentials_provision_the_node() -> Resul
 
     // A second machine from the same image, the same settings as SMBIOS
     // type 11 credentials, no drive.
-    let s2 = Settings { hostname: "node2", user: "op", key: &key_pub };
+    let s2 = Settings { hostname: "node2", user: "op", key: &key_pub, topology: TOPOLOGY };
     let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
     let port2 = free_tcp_port()?;
     let mut opts = VmOptions::new(image_dir().join("bpi-os.raw"));
@@ -242,7 +324,7 @@ fn bad_provisioning_fails_closed_and_says_where() -> Result<()> {
     let t = tempfile::tempdir()?;
     let key = fixtures::new_key(t.path(), "operator")?;
     let key_pub = std::fs::read_to_string(key.with_extension("pub"))?.trim().to_string();
-    let good = user_data(&Settings { hostname: "bad1", user: "op", key: &key_pub });
+    let good = user_data(&Settings { hostname: "bad1", user: "op", key: &key_pub, topology: TOPOLOGY });
     let line_of = |text: &str, needle: &str| text.lines().position(|l| l.contains(needle)).map(|i| i + 1).unwrap_or(0);
 
     let malformed = good.replace("fqdn: bad1.example.net", "fqdn: [bad1.example.net");
@@ -297,7 +379,7 @@ fn bad_provisioning_fails_closed_and_says_where() -> Result<()> {
         if *line > 0 {
             ensure!(first.starts_with(&format!("{prefix}{line}:")), "{what}: expected line {line}: {first}");
         }
-        for unit in ["ssh.service", "bpi-drx-data.service", "bpi-drx-control.service"] {
+        for unit in ["ssh.service", "bpi-drx-data.service", "bpi-drx-control.service", "bpi-qlock.service"] {
             let active = vm.sh_any(&format!("systemctl is-active {unit}"))?.stdout;
             ensure!(active.trim() != "active", "{what}: {unit} started although provisioning was refused");
         }

@@ -55,6 +55,12 @@ impl Directory {
         Ok(d)
     }
 
+    /// Adds a peer (or replaces one of the same name).
+    pub fn insert(&mut self, peer: Peer) {
+        self.by_id.insert(peer.identity.node_id_bytes(), peer.name.clone());
+        self.by_name.insert(peer.name.clone(), peer);
+    }
+
     pub fn by_id(&self, id: &[u8; 32]) -> Option<&Peer> {
         self.by_name.get(self.by_id.get(id)?)
     }

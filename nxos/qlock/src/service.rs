@@ -249,23 +249,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     }
     let store = if node.opts.encrypted_store { "in the encrypted store" } else { "NOT in an encrypted store (none is mounted): on the plain data partition" };
     note(&format!("node {} ({}), keys {store} at {}", node.opts.name, node.me.public().node_id(), node.opts.key_file.display()));
-    {
-        let node = node.clone();
-        let busy = Arc::new(AtomicUsize::new(0));
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                if busy.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-                    continue;
-                }
-                busy.fetch_add(1, Ordering::SeqCst);
-                let (node, busy) = (node.clone(), busy.clone());
-                std::thread::spawn(move || {
-                    node.serve_connection(conn);
-                    busy.fetch_sub(1, Ordering::SeqCst);
-                });
-            }
-        });
-    }
+    spawn_listener(node.clone(), listener);
     {
         let (node, mut feed) = (node.clone(), opts.feed);
         if let Some(v) = feed.poll() {
@@ -285,6 +269,25 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     let sig = serve_until_signal(signals, opts.bus.as_deref(), BUS_NAME, OBJECT_PATH, service, &status)?;
     note(&format!("{sig:?}: stopping"));
     Ok(())
+}
+
+/// Serves peers on `listener`, a thread per connection (at most
+/// MAX_CONNECTIONS at once; more are closed unanswered).
+pub fn spawn_listener(node: Arc<Node>, listener: TcpListener) {
+    let busy = Arc::new(AtomicUsize::new(0));
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            if busy.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                continue;
+            }
+            busy.fetch_add(1, Ordering::SeqCst);
+            let (node, busy) = (node.clone(), busy.clone());
+            std::thread::spawn(move || {
+                node.serve_connection(conn);
+                busy.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
 }
 
 /// Where the identity's private file goes: the encrypted store when it is mounted, else the plain data partition.
