@@ -298,3 +298,17 @@ pub fn identity_dir(store_mounted: bool, data: &std::path::Path) -> PathBuf {
         data.join("pq-crypto")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/qlock.md names each reply's D-Bus signature: they must be these.
+    #[test]
+    fn the_documented_signatures_are_the_real_ones() {
+        let doc = include_str!("../../../docs/qlock.md");
+        for (name, sig) in [("IdentityView", IdentityView::SIGNATURE.to_string()), ("SessionView", SessionView::SIGNATURE.to_string())] {
+            assert!(doc.contains(&format!("`{name} {sig}`")), "docs/qlock.md does not give {name} as {sig}");
+        }
+    }
+}
