@@ -253,7 +253,7 @@ fn two_nodes_open_rekey_and_end_sessions_by_trust() {
     // On the wire, as alpha (its key file), from alpha's namespace: each
     // bad message is refused with its own reason and beta records nothing.
     let alpha = Identity::load(&key_file).unwrap();
-    let beta_pub = bpi_qlock::identity::PublicIdentity::from_base64(&b.json(&["nxos", "identity", "show"])["public"].as_str().unwrap().to_string()).unwrap();
+    let beta_pub = bpi_qlock::identity::PublicIdentity::from_base64(b.json(&["nxos", "identity", "show"])["public"].as_str().unwrap()).unwrap();
     let recorded = b.qlock_blocks().len();
     for (place, want) in [(5 + 10, "Ed25519"), (5 + ED25519_SIG + 500, "ML-DSA-65"), (5 + HYBRID_SIG_LEN + 3, "opener's finished MAC")] {
         let (o, hello) = Opener::start(&alpha, &beta_pub, 0, 60, now()).unwrap();

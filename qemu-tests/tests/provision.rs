@@ -120,7 +120,7 @@ impl HostNode {
 
         let t = Instant::now();
         let opened = json(vm, "bpi-os nxos sessions open --peer peer --trust-level medium --json")?;
-        eprintln!("FIGURE QLock session from the guest to a host node ({}): {:.0} ms wall time", "TCG", t.elapsed().as_secs_f64() * 1000.0);
+        eprintln!("FIGURE QLock session from the guest to a host node: {:.0} ms wall time", t.elapsed().as_secs_f64() * 1000.0);
         let sid = opened["session"]["id"].as_str().unwrap_or_default().to_string();
         let ours = node.sessions();
         ensure!(ours.len() == 1 && ours[0].id == sid && ours[0].fingerprint == opened["session"]["fingerprint"].as_str().unwrap_or("-"), "the two sides differ: guest {opened}, host {ours:?}");

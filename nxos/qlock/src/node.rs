@@ -241,7 +241,7 @@ impl Node {
             Ok(finished.on_done(&read_frame(&mut s)?)?)
         })()
         .with_context(|| format!("opening a session with '{peer}' at {endpoint}"))?;
-        Ok(self.keep(established, &p, "session-start")?)
+        self.keep(established, &p, "session-start")
     }
 
     fn keep(&self, e: handshake::Established, p: &Peer, action: &str) -> Result<SessionView> {

@@ -189,7 +189,7 @@ impl TrustFeed {
         TrustFeed { bus, file, control: None, seen_changes: None, on_file: false }
     }
 
-    fn from_file(&self) -> TrustView {
+    fn file_view(&self) -> TrustView {
         let view = Engine::new(self.file.clone(), BTreeMap::new(), None).topology_view();
         TrustView { source: "Meta-RIB file".into(), scores: view.nodes.into_iter().map(|n| (n.id, n.trust)).collect() }
     }
@@ -223,7 +223,7 @@ impl TrustFeed {
             return None;
         }
         self.on_file = true;
-        Some(self.from_file())
+        Some(self.file_view())
     }
 }
 
