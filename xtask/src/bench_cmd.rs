@@ -5,7 +5,7 @@ use anyhow::Result;
 use bpi_support::{progress::Steps, Cmd};
 
 /// (package, bench target) pairs, run in this order.
-const BENCHES: &[(&str, &str)] = &[("bpi-ledger", "ledger"), ("bpi-drx-data", "data_plane"), ("bpi-drx-control", "control")];
+const BENCHES: &[(&str, &str)] = &[("bpi-ledger", "ledger"), ("bpi-drx-data", "data_plane"), ("bpi-drx-control", "control"), ("bpi-qlock", "qlock")];
 
 pub fn bench() -> Result<()> {
     let steps = Steps::new("bench");
