@@ -9,6 +9,7 @@ mod ledger;
 mod metrics;
 mod nxos;
 mod output;
+mod pof;
 mod provision;
 mod qlock;
 mod status;

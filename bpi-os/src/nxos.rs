@@ -115,6 +115,8 @@ enum NxosCommand {
     },
     /// QLock sessions with other nodes: list (--active, --detailed), open, rekey, close.
     Sessions(crate::qlock::SessionsArgs),
+    /// Check a path proof (proof-of-forward) against the route and the Meta-RIB; anchor the verdict in the ledger (exit 3: invalid).
+    Verify(crate::pof::VerifyArgs),
     /// The QLock daemon.
     Qlock {
         #[command(subcommand)]
@@ -261,6 +263,7 @@ pub fn run(args: NxosArgs) -> Result<()> {
         NxosCommand::Identity { command } => crate::qlock::identity(command),
         NxosCommand::Sessions(args) => crate::qlock::sessions(args),
         NxosCommand::Qlock { command } => crate::qlock::serve(command),
+        NxosCommand::Verify(args) => crate::pof::verify(args),
     }
 }
 

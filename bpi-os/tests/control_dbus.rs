@@ -68,7 +68,12 @@ fn control_plane_over_dbus_recomputes_and_writes_the_data_plane() {
     let denied = cli(&s, Some(NOBODY), &["nxos", "trust", "update", "--node-id", "transit-b", "--score", "0.1", "--bus", b]);
     assert!(!denied.status.success() && text(&denied).contains("Rejected send message"), "{}", text(&denied));
     assert!(text(&denied).contains("member=\"trust_update\""), "{}", text(&denied));
-    let metrics = |who| json(&cli(&s, who, &["nxos", "metrics", "--json", "--bus", b]));
+    // The control plane's own counters (`--detailed`); the summary's "changes" is the same count.
+    let metrics = |who| {
+        let m = json(&cli(&s, who, &["nxos", "metrics", "--detailed", "--json", "--bus", b]));
+        assert_eq!(m["changes"], m["control_plane"]["changes"], "{m}");
+        m["control_plane"].clone()
+    };
     assert_eq!(metrics(Some(NOBODY))["changes"], 0);
 
     // Bad input through the bus: refused, nothing changes.

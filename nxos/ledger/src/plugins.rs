@@ -156,7 +156,8 @@ impl LedgerPlugin for StoragePlugin {
 }
 
 /// The DRX runtime: data-plane programs ("ebpf"), trust changes ("trust"),
-/// vPod ports ("vpod") and QLock identities and sessions ("qlock").
+/// vPod ports ("vpod"), QLock identities and sessions ("qlock") and path
+/// proofs checked ("pof").
 pub struct DrxPlugin;
 
 impl LedgerPlugin for DrxPlugin {
@@ -164,7 +165,7 @@ impl LedgerPlugin for DrxPlugin {
         "drx-plugin"
     }
     fn categories(&self) -> Vec<String> {
-        ["ebpf", "trust", "vpod", "qlock"].map(String::from).to_vec()
+        ["ebpf", "trust", "vpod", "qlock", "pof"].map(String::from).to_vec()
     }
     fn validate_data(&self, category: &str, d: &Value) -> Result<(), String> {
         match category {
@@ -177,6 +178,16 @@ impl LedgerPlugin for DrxPlugin {
                     return Err("\"port\" must be a port number (1-65535)".into());
                 }
                 text(d, "service", true)?;
+            }
+            "pof" => {
+                text(d, "path_id", true)?;
+                let h = text(d, "proof_hash", true)?.unwrap_or_default();
+                if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!("\"proof_hash\" {h:?} is not a SHA-256 (64 hex digits)"));
+                }
+                if !d.get("valid").is_some_and(Value::is_boolean) {
+                    return Err("\"valid\" must be true or false".into());
+                }
             }
             "qlock" => {
                 let id = text(d, "node_id", true)?.unwrap_or_default();
@@ -299,6 +310,8 @@ mod tests {
             ("trust", r#"{"changes":[]}"#, "non-empty list"),
             ("qlock", r#"{"session":"ab"}"#, "missing \"node_id\""),
             ("qlock", r#"{"node_id":"xyz"}"#, "not a QLock node id"),
+            ("pof", r#"{"path_id":"p","proof_hash":"00","valid":true}"#, "not a SHA-256"),
+            ("pof", r#"{"path_id":"p","proof_hash":"0000000000000000000000000000000000000000000000000000000000000000"}"#, "\"valid\" must be"),
         ];
         for (cat, data, want) in cases {
             let e = p.prepare(cat, data).unwrap_err().to_string();
