@@ -45,7 +45,7 @@ impl StoreArg {
 pub struct AppendArgs {
     #[command(flatten)]
     store: StoreArg,
-    /// What kind of operation: auth, bridge, connection, ebpf, filesystem, interface, mount, network, policy, port, settings, storage, trust, user.
+    /// What kind of operation: auth, bridge, connection, ebpf, filesystem, health, interface, mount, network, pof, policy, port, qlock, settings, storage, trust, update, user, vpod.
     #[arg(long)]
     category: String,
     /// What was done (created, deleted, update, ...).

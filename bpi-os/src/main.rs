@@ -112,6 +112,17 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// `ledger append --help` lists every category the ledger takes, and no other.
+    #[test]
+    fn the_append_help_names_every_category() {
+        let cmd = Cli::command();
+        let append = cmd.find_subcommand("ledger").and_then(|l| l.find_subcommand("append")).expect("ledger append");
+        let arg = append.get_arguments().find(|a| a.get_id() == "category").expect("--category");
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        let listed: Vec<&str> = help.split(": ").nth(1).unwrap_or("").trim_end_matches('.').split(", ").collect();
+        assert_eq!(listed, bpi_ledger::plugins::Plugins::default().categories(), "{help}");
+    }
+
     /// Every argument of every command says what it is for.
     #[test]
     fn every_flag_has_help() {
