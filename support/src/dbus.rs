@@ -60,6 +60,15 @@ impl Admins {
     }
 }
 
+/// A connection to the bus at `address`, or the system bus: how every
+/// client of a bpi-os service reaches it (tests pass a private bus's address).
+pub fn connect(address: Option<&str>) -> zbus::Result<zbus::blocking::Connection> {
+    match address {
+        Some(a) => zbus::blocking::connection::Builder::address(a)?.build(),
+        None => zbus::blocking::Connection::system(),
+    }
+}
+
 /// Blocks SIGTERM and SIGINT in this thread. Call it before any thread
 /// starts, so every thread inherits the mask and only [`serve_until_signal`]
 /// takes the signal.

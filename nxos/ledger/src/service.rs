@@ -209,13 +209,7 @@ pub trait Ledger1 {
     fn height(&self) -> zbus::Result<u64>;
 }
 
-/// A connection to the bus at `address`, or the system bus.
-pub fn connect(address: Option<&str>) -> zbus::Result<zbus::blocking::Connection> {
-    match address {
-        Some(a) => zbus::blocking::connection::Builder::address(a)?.build(),
-        None => zbus::blocking::Connection::system(),
-    }
-}
+pub use bpi_support::dbus::connect;
 
 pub struct ServeOptions {
     pub store: StoreOptions,

@@ -164,10 +164,7 @@ pub trait QLock1 {
 
 /// A proxy to the running daemon; None when it is not on the bus.
 pub fn connect(bus: Option<&str>) -> Option<(zbus::blocking::Connection, QLock1ProxyBlocking<'static>)> {
-    let conn = match bus {
-        Some(a) => zbus::blocking::connection::Builder::address(a).ok()?.build().ok()?,
-        None => zbus::blocking::Connection::system().ok()?,
-    };
+    let conn = bpi_support::dbus::connect(bus).ok()?;
     let proxy = QLock1ProxyBlocking::new(&conn).ok()?;
     proxy.ping().ok()?;
     Some((conn, proxy))

@@ -152,6 +152,12 @@ fn boots_under_secure_boot_read_only_verity_root_and_keeps_state_across_reboot()
     ensure!(vm.sh("cat /bpi/data/encrypted/bpi-test")?.trim() == token, "the encrypted store lost its file, or is not open");
     ensure!(vm.sh("systemctl is-active bpi-store.service")?.trim() == "active");
     ledger::after_reboot(&vm, &ledger_token)?;
+    // QLock started by itself on the Meta-RIB the first boot wrote, and made
+    // its identity inside the encrypted store (docs/qlock.md).
+    ensure!(vm.sh("systemctl is-active bpi-qlock.service")?.trim() == "active", "bpi-qlock.service is not running");
+    let id: serde_json::Value = serde_json::from_str(&vm.sh("bpi-os nxos identity show --json")?)?;
+    ensure!(id["encrypted_store"] == true && id["key_file"] == "/bpi/data/encrypted/pq-crypto/qlock-identity.key", "the QLock identity is not in the store: {id}");
+    ensure!(vm.sh("stat -c %a /bpi/data/encrypted/pq-crypto/qlock-identity.key")?.trim() == "600", "the identity's key file is not 0600");
     // The data plane configured on the first boot attaches by itself on this one.
     let ebpf: serde_json::Value = serde_json::from_str(&vm.sh("bpi-os nxos ebpf status --json")?)?;
     ensure!(ebpf["links"][0]["hook"]["program_name"].as_str().is_some_and(|n| n.starts_with("xdp_trust")), "the data plane did not attach from its saved config: {ebpf}");
