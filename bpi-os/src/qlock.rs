@@ -67,8 +67,8 @@ enum SessionsCommand {
         /// low (0.3), medium (0.5), high (0.7), critical (0.9), or a number from 0 to 1.
         #[arg(long)]
         trust_level: String,
-        /// Seconds the session lasts (default 3600, the seed's session timeout).
-        #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_LIFETIME_S, value_parser = clap::value_parser!(u32).range(1..))]
+        /// Seconds the session lasts (default 3600, the seed's session timeout; at most a week).
+        #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_LIFETIME_S, value_parser = clap::value_parser!(u32).range(1..=i64::from(bpi_qlock::handshake::MAX_LIFETIME_S)))]
         lifetime: u32,
         #[command(flatten)]
         out: ChangeArgs,

@@ -27,6 +27,8 @@ use crate::schedule::{expand_label, extract, mac, mac_ok};
 pub const VERSION: u8 = 1;
 /// No honest message is near this; a larger length is refused before it is read.
 pub const MAX_FRAME: usize = 16 * 1024;
+/// The longest session either side agrees to: a week (rekeyed all along).
+pub const MAX_LIFETIME_S: u32 = 7 * 24 * 3600;
 /// How far a HELLO's time may be from the answerer's clock, and how long its nonce is remembered.
 pub const CLOCK_WINDOW_S: u64 = 60;
 
@@ -206,6 +208,9 @@ impl Hello {
         f.end()?;
         if hello.level > 1_000_000 {
             return Err(malformed("HELLO", format!("trust level {} over 1.0", hello.level)));
+        }
+        if !(1..=MAX_LIFETIME_S).contains(&hello.lifetime_s) {
+            return Err(malformed("HELLO", format!("lifetime {} s outside 1..{MAX_LIFETIME_S}", hello.lifetime_s)));
         }
         Ok(hello)
     }
@@ -484,6 +489,10 @@ mod tests {
         assert_eq!(Hello::decode(&hello), Err(Refusal::Downgrade(SUITE_X25519)));
         assert!(Hello::decode(&hello).unwrap_err().to_string().contains("downgrade"));
         let (_, good) = Opener::start(&a, b.public(), 0, 60, 1000).unwrap();
+        for lifetime in [0, MAX_LIFETIME_S + 1] {
+            let (_, long) = Opener::start(&a, b.public(), 0, lifetime, 1000).unwrap();
+            assert!(Hello::decode(&long).unwrap_err().to_string().contains("lifetime"), "{lifetime}");
+        }
         let short = frame(Kind::Hello, &good[5..good.len() - 1]);
         assert!(Hello::decode(&short).unwrap_err().to_string().contains("truncated in key share"));
         let long = frame(Kind::Hello, &[&good[5..], &[0u8][..]].concat());

@@ -114,6 +114,9 @@ impl QLockService {
         self.admins.require(&header, conn, "opening sessions").await?;
         let lvl = parse_level(&level).map_err(invalid)?;
         let lifetime = if lifetime_s == 0 { DEFAULT_LIFETIME_S } else { lifetime_s };
+        if lifetime > crate::handshake::MAX_LIFETIME_S {
+            return Err(fdo::Error::InvalidArgs(format!("lifetime {lifetime} s: at most {} s (a week)", crate::handshake::MAX_LIFETIME_S)));
+        }
         self.run(move |n| {
             if dry_run {
                 let p = n.plan_open(&peer, lvl)?;
