@@ -9,9 +9,10 @@
 //!   opener and answerer apart, and its parts;
 //! - a rekey (both sides), and the bytes on the wire.
 //!
-//! Medians of RUNS. Writes target/bench/qlock.json.
+//! Medians of RUNS, in the thread's own CPU time (CLOCK_THREAD_CPUTIME_ID),
+//! so other work on the machine does not count. Writes target/bench/qlock.json.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bpi_qlock::handshake::{Answerer, Hello, Opener};
 use bpi_qlock::identity::Identity;
@@ -26,10 +27,16 @@ fn median(mut v: Vec<Duration>) -> f64 {
     v[v.len() / 2].as_secs_f64() * 1e6
 }
 
+fn cpu_now() -> Duration {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).expect("the thread's CPU clock");
+    Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32)
+}
+
+/// `f`'s result and the CPU time this thread spent in it.
 fn time<T>(f: impl FnOnce() -> T) -> (T, Duration) {
-    let t = Instant::now();
+    let t = cpu_now();
     let out = std::hint::black_box(f());
-    (out, t.elapsed())
+    (out, cpu_now() - t)
 }
 
 fn main() {
@@ -101,7 +108,7 @@ fn main() {
         "bytes": { "hybrid": bytes, "plain_x25519": 64 },
         "target_per_side_us": 100,
     });
-    println!("QLock session setup, per side, median of {RUNS} (one thread, in memory):");
+    println!("QLock session setup, CPU time per side, median of {RUNS} (one thread, in memory):");
     println!("  plain X25519 (key pair + DH)        {x:8.1} us  1.0x");
     println!("  classical SIGMA (X25519 + Ed25519)  {s:8.1} us  {:.1}x", s / x);
     println!("  hybrid handshake, opener            {o:8.1} us  {:.1}x  ({:.1}x classical SIGMA)", o / x, o / s);
