@@ -241,6 +241,8 @@ fn proxmox_cloud_init_drive_and_smbios_credentials_provision_the_node() -> Resul
     opts.ssh_forward = Some(port);
     opts.mac = Some(MAC.into());
     opts.cdrom = Some(iso.clone());
+    // The guest reaches the QLock node this test runs on the host at 10.0.2.2.
+    opts.host_access = true;
     let machine = Machine::new(opts)?;
 
     // First boot: everything applied before sshd and the DRX units start.
