@@ -153,6 +153,13 @@ struct Control {
     tag: Vec<u8>,
 }
 
+impl Control {
+    /// Whether its MAC holds under `key`'s control key, for its own kind.
+    fn verifies(&self, key: &[u8; 32]) -> bool {
+        mac_ok(&control_key(key), &[&[self.kind as u8], &self.signed], &self.tag)
+    }
+}
+
 fn parse_control(bytes: &[u8]) -> Result<Control, Refusal> {
     let bad = |why: &str| Refusal::Malformed { what: "session message", why: why.into() };
     if bytes.len() < 5 + 16 + 4 + 32 {
@@ -315,7 +322,7 @@ impl Node {
         let mut table = lock(&self.table);
         let session = table.live.get(&id).cloned().ok_or_else(|| Refusal::Peer(format!("no live session {id}")))?;
         let key = session.key().map_err(|e| Refusal::Kex(e.to_string()))?;
-        if !mac_ok(&control_key(&key), &[&[c.kind as u8], &c.signed], &c.tag) {
+        if !c.verifies(&key) {
             return Err(Refusal::Mac("session message"));
         }
         if c.epoch != session.epoch {
@@ -326,10 +333,11 @@ impl Node {
                 if session.expires <= self.now() {
                     return Err(Refusal::Peer(format!("session {id} has expired")));
                 }
-                let next = Session { epoch: session.epoch + 1, keyed_at: self.now(), key: hex::encode(next_key(&key)), ..session };
+                let next_k = next_key(&key);
+                let next = Session { epoch: session.epoch + 1, keyed_at: self.now(), key: hex::encode(next_k), ..session };
                 table.put(next.clone()).map_err(|e| Refusal::Kex(e.to_string()))?;
                 drop(table);
-                let _ = write_frame(s, &control_frame(Kind::Ack, &next_key(&key), &c.id, next.epoch, "rekeyed"));
+                let _ = write_frame(s, &control_frame(Kind::Ack, &next_k, &c.id, next.epoch, "rekeyed"));
                 self.record("session-rekey", &next.record(None));
             }
             _ => {
@@ -363,7 +371,7 @@ impl Node {
         write_frame(&mut conn, &control_frame(Kind::Rekey, &key, &id_bytes(id)?, s.epoch, ""))?;
         let ack = parse_control(&read_frame(&mut conn)?).map_err(|r| anyhow!("rekeying {id}: {r}"))?;
         let next_k = next_key(&key);
-        if ack.kind != Kind::Ack || ack.epoch != s.epoch + 1 || !mac_ok(&control_key(&next_k), &[&[Kind::Ack as u8], &ack.signed], &ack.tag) {
+        if ack.kind != Kind::Ack || ack.epoch != s.epoch + 1 || !ack.verifies(&next_k) {
             bail!("rekeying {id}: the peer's acknowledgement does not verify under the next key");
         }
         let next = Session { epoch: s.epoch + 1, keyed_at: self.now(), key: hex::encode(next_k), ..s };
@@ -388,7 +396,7 @@ impl Node {
         let mut conn = connect(&self.endpoint_of(s)?)?;
         write_frame(&mut conn, &control_frame(Kind::Close, &key, &id_bytes(&s.id)?, s.epoch, reason))?;
         match parse_control(&read_frame(&mut conn)?) {
-            Ok(ack) if ack.kind == Kind::Ack && mac_ok(&control_key(&key), &[&[Kind::Ack as u8], &ack.signed], &ack.tag) => Ok(()),
+            Ok(ack) if ack.kind == Kind::Ack && ack.verifies(&key) => Ok(()),
             Ok(_) => bail!("the peer's acknowledgement does not verify"),
             Err(r) => bail!("{r}"),
         }
